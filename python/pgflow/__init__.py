@@ -1,0 +1,5 @@
+"""pgflow for Python: a Postgres-native DAG workflow engine."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

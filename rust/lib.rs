@@ -1,0 +1,8 @@
+//! `pgflow._core`: the per-task hot path of the pgflow worker.
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
