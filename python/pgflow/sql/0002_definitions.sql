@@ -235,7 +235,7 @@ as $$
       'slug', s.step_slug,
       'stepType', s.step_type,
       'dependencies', coalesce((
-        select jsonb_agg(d.dep_slug order by d.dep_slug)
+        select jsonb_agg(d.dep_slug order by d.dep_slug collate "C")
         from pgflow.deps d
         where d.flow_slug = s.flow_slug and d.step_slug = s.step_slug
       ), '[]'::jsonb),
@@ -261,7 +261,7 @@ as $$
     'slug', p_step -> 'slug',
     'stepType', coalesce(p_step -> 'stepType', '"single"'),
     'dependencies', coalesce((
-      select jsonb_agg(d order by d)
+      select jsonb_agg(d order by d collate "C")
       from jsonb_array_elements_text(coalesce(p_step -> 'dependencies', '[]')) d
     ), '[]'::jsonb),
     'whenUnmet', coalesce(p_step -> 'whenUnmet', '"skip"'),
