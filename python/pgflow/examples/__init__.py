@@ -1,0 +1,1 @@
+"""Example flows shipped with pgflow (used by `pgflow demo` and the tests)."""

@@ -1,0 +1,96 @@
+"""Wake-ups: a thread that LISTENs for `pgflow_tasks` notifications and wakes the worker.
+
+The SQL sends one notification per transaction and flow when tasks become visible (Postgres folds
+identical notifications of a transaction), so a fan-out of 100,000 tasks wakes a worker once.
+Polling stays as the fallback: when the listener's connection is down, `alive` is False and the
+worker polls at its short interval until the listener has reconnected.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Collection
+
+import psycopg
+
+from pgflow.db import connect
+from pgflow.errors import PgflowError
+
+logger = logging.getLogger("pgflow.worker")
+
+CHANNEL = "pgflow_tasks"
+
+
+class TaskListener:
+    def __init__(
+        self,
+        dsn: str,
+        flow_slugs: Collection[str],
+        wake: Callable[[], None],
+        *,
+        check_interval: float = 1.0,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.dsn = dsn
+        self.flow_slugs = {slug.lower() for slug in flow_slugs}
+        self.wake = wake
+        self.check_interval = check_interval
+        self.max_backoff = max_backoff
+        self._stop = threading.Event()
+        self._alive = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pgflow-listener", daemon=True)
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+
+    @property
+    def alive(self) -> bool:
+        """True while notifications are being received (the worker may poll less often)."""
+        return self._alive.is_set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.check_interval + 2)
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while not self._stop.is_set():
+            try:
+                self._listen()
+                backoff = 0.1
+            except (psycopg.Error, PgflowError, OSError) as exc:
+                self._alive.clear()
+                if self._stop.is_set():
+                    break
+                logger.warning("listener lost its connection (%s); reconnecting", type(exc).__name__)
+                self.wake()  # the worker polls meanwhile
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+            finally:
+                self._close()
+
+    def _listen(self) -> None:
+        conn = connect(self.dsn, autocommit=True)
+        self._conn = conn
+        conn.execute(f"LISTEN {CHANNEL}")
+        self._alive.set()
+        # tasks may have become visible while we were not listening
+        self.wake()
+        while not self._stop.is_set():
+            for notify in conn.notifies(timeout=self.check_interval):
+                if notify.payload.lower() in self.flow_slugs:
+                    self.wake()
+                if self._stop.is_set():
+                    return
+            # no notification within the interval: make sure the connection still answers
+            conn.execute("select 1")
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg.Error:
+                pass

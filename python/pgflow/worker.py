@@ -1,0 +1,547 @@
+"""The worker: claims tasks, runs their handlers on an executor, reports the results.
+
+One loop thread owns the database connection. Each turn it reports every result that has come
+in (one batched call: results that arrive while a call is in flight ride along on the next one),
+then refills the executor's free slots with one claim. It sleeps only when there is nothing to
+report and nothing to claim, and wakes on a result, a NOTIFY from the listener, or the poll
+timer. Heartbeats, deprecation checks and stalled-task recovery run on timers in the same loop.
+
+Nothing is lost when things go wrong: a handler error fails the task (and the SQL retries it);
+a lost connection is reopened with backoff while results wait in memory; a worker killed
+outright leaves started tasks that `requeue_stalled_tasks` (run by one worker at a time)
+puts back in the queue.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pgflow.db import connect
+from pgflow.dsn import redact, resolve_dsn
+from pgflow.errors import PgflowError
+from pgflow.executors.base import Executor, Job, JobResult
+from pgflow.flow import Flow, load_flow
+from pgflow.listener import TaskListener
+from pgflow.plugins import create_executor, get_plugin_manager
+from pgflow.run_inputs import RunInputCache
+from pgflow.worker_claims import BatchedSource, ClaimedTask, PerTaskSource, TaskSource
+from pgflow.worker_reports import BatchedSink, Outcome, PerTaskSink, ResultSink, error_text
+
+logger = logging.getLogger("pgflow.worker")
+
+# stalled-task recovery: one worker at a time, under this advisory lock
+REQUEUE_LOCK_KEY = 1885434472
+
+
+class FlowMismatch(PgflowError):
+    """The flow in the database differs from the flow in code."""
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    claims: int = 0
+    reports: int = 0
+
+
+class Worker:
+    """Runs the tasks of one or more flows.
+
+    `flows` are `Flow` objects or import paths ("module:attr"); the process executor needs
+    import paths (or flows defined in importable modules) to load handlers in its children.
+    """
+
+    def __init__(
+        self,
+        flows: Iterable[Flow | str],
+        *,
+        dsn: str | None = None,
+        executor: str = "thread",
+        concurrency: int = 10,
+        batch_size: int | None = None,
+        per_task: bool = False,
+        allow_data_loss: bool = False,
+        poll_interval: float = 1.0,
+        heartbeat_interval: float = 5.0,
+        requeue_interval: float = 15.0,
+        shutdown_grace: float = 30.0,
+        max_backoff: float = 10.0,
+        listen: bool = True,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        self.flows: dict[str, Flow] = {}
+        self.flow_refs: dict[str, str | None] = {}
+        for item in flows:
+            flow = load_flow(item) if isinstance(item, str) else item
+            if flow.slug in self.flows:
+                raise PgflowError(f"flow {flow.slug!r} was given twice; give each flow once")
+            self.flows[flow.slug] = flow
+            self.flow_refs[flow.slug] = item if isinstance(item, str) else _import_path(flow)
+        if not self.flows:
+            raise PgflowError("a worker needs at least one flow")
+        if concurrency < 1:
+            raise PgflowError(f"concurrency must be 1 or more, got {concurrency}")
+        if batch_size is not None and batch_size < 1:
+            raise PgflowError(f"batch size must be 1 or more, got {batch_size}")
+        self.dsn, self.dsn_source = resolve_dsn(dsn)
+        self.executor_name = executor
+        self.concurrency = concurrency
+        self.batch_size = batch_size or concurrency
+        self.per_task = per_task
+        self.allow_data_loss = allow_data_loss
+        self.poll_interval = poll_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.requeue_interval = requeue_interval
+        self.shutdown_grace = shutdown_grace
+        self.max_backoff = max_backoff
+        self.listen = listen
+        self.install_signal_handlers = install_signal_handlers
+
+        self.source: TaskSource = PerTaskSource() if per_task else BatchedSource()
+        self.sink: ResultSink = PerTaskSink() if per_task else BatchedSink()
+        self.worker_ids = {slug: uuid.uuid4() for slug in self.flows}
+        self.stats = WorkerStats()
+
+        self._results: collections.deque[JobResult] = collections.deque()
+        self._pending: list[Outcome] = []
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._started = threading.Event()
+        self._in_flight: dict[tuple[str, str, int], ClaimedTask] = {}
+        self._flow_of_job: dict[tuple[str, str, int], str] = {}
+        self._run_inputs = RunInputCache(self._fetch_run_input)
+        self._input_lock = threading.Lock()
+        self._input_conn: psycopg.Connection[Any] | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._executor: Executor | None = None
+        self._listener: TaskListener | None = None
+        self._signals = 0
+
+    # -- public API --------------------------------------------------------------------------
+
+    @property
+    def started(self) -> threading.Event:
+        """Set once the worker has registered and begun claiming (handy in tests)."""
+        return self._started
+
+    def run(self) -> None:
+        """Run until stopped (SIGTERM/SIGINT, `stop()`, or deprecation)."""
+        restore = self._install_signals() if self.install_signal_handlers else None
+        try:
+            self._run()
+        finally:
+            if restore is not None:
+                restore()
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: no new claims; in-flight tasks get the grace period."""
+        self._stopping.set()
+        self._wake.set()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    # -- main loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        get_plugin_manager()  # load plugins early, so errors in them surface at start
+        self._conn = self._connect_with_backoff()
+        self._compile_flows()
+        self._register()
+        self._executor = create_executor(
+            self.executor_name,
+            concurrency=self.concurrency,
+            resolve_step=self._resolve_step,
+            load_flow_input=self._load_flow_input,
+        )
+        self._executor.start()
+        if self.listen:
+            self._listener = TaskListener(self.dsn, self.flows, self._wake.set)
+            self._listener.start()
+        logger.info(
+            "worker started: flows %s, executor %s x%d, batch %d, %s path, database %s",
+            ", ".join(self.flows),
+            self.executor_name,
+            self.concurrency,
+            self.batch_size,
+            "per-task" if self.per_task else "batched",
+            redact(self.dsn),
+        )
+        self._started.set()
+        try:
+            self._loop()
+            self._drain()
+        finally:
+            self._shutdown()
+
+    def _loop(self) -> None:
+        assert self._executor is not None
+        next_heartbeat = time.monotonic() + self.heartbeat_interval
+        next_requeue = time.monotonic()
+        next_poll = 0.0
+        more_work = True
+        while not self._stopping.is_set():
+            self._wake.clear()
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                self._db(self._heartbeat)
+                next_heartbeat = now + self.heartbeat_interval
+            if now >= next_requeue:
+                self._db(self._requeue_stalled)
+                next_requeue = now + self.requeue_interval
+            if self._collect():
+                more_work = True  # completions may have made new tasks ready
+                self._db(self._flush)
+            free = self._executor.free_slots()
+            if free > 0 and (more_work or self._wake_pending() or now >= next_poll):
+                claimed = self._db(lambda: self._claim(min(free, self.batch_size))) or 0
+                next_poll = time.monotonic() + self._poll_interval()
+                more_work = claimed >= min(free, self.batch_size)
+                if claimed:
+                    continue
+            if self._results:
+                continue
+            timeout = max(0.0, next_poll - time.monotonic()) if free > 0 else self.poll_interval
+            timeout = min(timeout, max(0.0, next_heartbeat - time.monotonic()))
+            self._wake.wait(timeout)
+
+    def _wake_pending(self) -> bool:
+        return self._wake.is_set()
+
+    def _poll_interval(self) -> float:
+        # without a live listener nothing wakes us: poll more often
+        if self._listener is not None and self._listener.alive:
+            return self.poll_interval
+        return min(self.poll_interval, 0.25)
+
+    def _drain(self) -> None:
+        """Graceful stop: no more claims; let in-flight tasks finish within the grace period."""
+        assert self._executor is not None
+        logger.info("stopping: %d task(s) in flight, grace %.0fs", len(self._in_flight), self.shutdown_grace)
+        deadline = time.monotonic() + self.shutdown_grace
+        while self._in_flight and time.monotonic() < deadline and self._signals < 2:
+            if self._collect():
+                self._db(self._flush)
+            self._wake.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            self._wake.clear()
+        unfinished = self._executor.shutdown(grace=0 if self._signals >= 2 else 1.0)
+        if self._collect():
+            self._db(self._flush)
+        if unfinished or self._in_flight:
+            logger.warning(
+                "%d task(s) did not finish within the grace period; they will be retried after "
+                "their timeout",
+                max(len(unfinished), len(self._in_flight)),
+            )
+
+    def _shutdown(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+        if self._executor is not None:
+            self._executor.kill()
+        try:
+            if self._conn is not None and not self._conn.closed:
+                for worker_id in self.worker_ids.values():
+                    self._conn.execute("select pgflow.mark_worker_stopped(%s)", (worker_id,))
+        except psycopg.Error as exc:
+            logger.warning("could not mark the worker stopped: %s", type(exc).__name__)
+        for conn in (self._conn, self._input_conn):
+            if conn is not None:
+                conn.close()
+        pm = get_plugin_manager()
+        for worker_id in self.worker_ids.values():
+            pm.hook.pgflow_worker_stopped(worker_id=str(worker_id))
+        self._stopped.set()
+        logger.info(
+            "worker stopped: %d completed, %d failed", self.stats.completed, self.stats.failed
+        )
+
+    # -- database steps ----------------------------------------------------------------------
+
+    def _connect_with_backoff(self) -> psycopg.Connection[Any]:
+        delay = 0.1
+        while True:
+            try:
+                return connect(self.dsn, autocommit=True, prepare_threshold=None)
+            except PgflowError as exc:
+                if self._stopping.is_set() or not self._started.is_set():
+                    raise
+                logger.warning("%s; retrying in %.1fs", exc, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    def _db(self, action: Callable[[], Any]) -> Any:
+        """Run a database step; on a lost connection, reconnect with backoff and try again."""
+        delay = 0.1
+        while True:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = self._connect_with_backoff()
+                    self._register()
+                return action()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                logger.warning("database connection lost (%s); reconnecting", _one_line(exc))
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                if self._stopping.is_set() and self._signals >= 2:
+                    return None
+                self._stopping.wait(delay) if not self._stopping.is_set() else time.sleep(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    def _compile_flows(self) -> None:
+        assert self._conn is not None
+        for slug, flow in self.flows.items():
+            row = self._conn.execute(
+                "select pgflow.ensure_flow_compiled(%s, %s, %s)",
+                (slug, Jsonb(flow.shape()), self.allow_data_loss),
+            ).fetchone()
+            result = row[0] if row else {}
+            status = result.get("status")
+            differences = result.get("differences") or []
+            if status == "mismatch":
+                listing = "; ".join(differences)
+                raise FlowMismatch(
+                    f"flow {slug!r} in the database differs from the code: {listing}. Deploy it "
+                    "under a new slug, or start the worker with --allow-data-loss to replace it "
+                    "(this deletes the flow's runs)"
+                )
+            if status == "recompiled":
+                logger.warning("flow %s was recompiled; its old runs were deleted", slug)
+            else:
+                logger.info("flow %s %s", slug, status)
+
+    def _register(self) -> None:
+        assert self._conn is not None
+        name = f"{socket.gethostname()}:{os.getpid()}"
+        pm = get_plugin_manager()
+        for slug, worker_id in self.worker_ids.items():
+            self._conn.execute(
+                "select pgflow.register_worker(%s, %s, %s)", (worker_id, slug, name)
+            )
+            if not self._started.is_set():
+                pm.hook.pgflow_worker_started(worker_id=str(worker_id), flows=[slug])
+
+    def _heartbeat(self) -> None:
+        assert self._conn is not None
+        for worker_id in self.worker_ids.values():
+            row = self._conn.execute("select pgflow.send_heartbeat(%s)", (worker_id,)).fetchone()
+            if row is not None and row[0]:
+                logger.info("worker %s was deprecated; finishing in-flight tasks", worker_id)
+                self.stop()
+
+    def _requeue_stalled(self) -> None:
+        assert self._conn is not None
+        with self._conn.transaction():
+            row = self._conn.execute(
+                "select pg_try_advisory_xact_lock(%s)", (REQUEUE_LOCK_KEY,)
+            ).fetchone()
+            if row is None or not row[0]:
+                return
+            count = self._conn.execute("select pgflow.requeue_stalled_tasks()").fetchone()
+        if count and count[0]:
+            logger.warning("requeued %d stalled task(s)", count[0])
+
+    def _claim(self, qty: int) -> int:
+        assert self._conn is not None and self._executor is not None
+        total = 0
+        for slug in self._flows_round_robin():
+            if qty - total <= 0:
+                break
+            tasks, run_inputs = self.source.claim(self._conn, slug, self.worker_ids[slug], qty - total)
+            self.stats.claims += 1
+            if run_inputs:
+                self._run_inputs.offer(run_inputs)
+            for task in tasks:
+                self._submit(slug, task)
+            total += len(tasks)
+        self.stats.claimed += total
+        return total
+
+    def _flows_round_robin(self) -> list[str]:
+        slugs = list(self.flows)
+        if len(slugs) > 1:
+            shift = self.stats.claims % len(slugs)
+            slugs = slugs[shift:] + slugs[:shift]
+        return slugs
+
+    def _submit(self, flow_slug: str, task: ClaimedTask) -> None:
+        assert self._executor is not None
+        key = (task.run_id, task.step_slug, task.task_index)
+        if task.input_error is not None:
+            self._pending.append(
+                Outcome(task.run_id, task.step_slug, task.task_index, error=task.input_error)
+            )
+            self._wake.set()
+            return
+        step = self.flows[flow_slug].get_step(task.step_slug)
+        job = Job(
+            key=key,
+            flow_slug=flow_slug,
+            step_slug=task.step_slug,
+            input=task.input,
+            run_id=task.run_id,
+            task_index=task.task_index,
+            attempt=task.attempt,
+            timeout=float(step.effective_timeout),
+            flow_ref=self.flow_refs[flow_slug],
+        )
+        self._in_flight[key] = task
+        self._executor.submit(job, self._on_done)
+
+    def _on_done(self, result: JobResult) -> None:
+        # called from executor threads: hand over and wake the loop, nothing more
+        self._results.append(result)
+        self._wake.set()
+
+    def _collect(self) -> bool:
+        """Move finished jobs to the pending reports; True when there is something to report."""
+        while self._results:
+            result = self._results.popleft()
+            key = result.key
+            assert isinstance(key, tuple)
+            run_id, step_slug, task_index = key
+            self._in_flight.pop(key, None)
+            if result.ok:
+                flow = self._flow_for_step(run_id, step_slug)
+                output = result.output
+                if flow is not None:
+                    try:
+                        output = flow.get_step(step_slug).to_builtins(output)
+                    except PgflowError as exc:
+                        self._pending.append(
+                            Outcome(run_id, step_slug, task_index, error=error_text(type(exc).__name__, str(exc)))
+                        )
+                        continue
+                self._pending.append(Outcome(run_id, step_slug, task_index, output=output))
+            else:
+                if result.traceback:
+                    logger.warning(
+                        "task %s/%s[%d] failed: %s: %s\n%s",
+                        run_id, step_slug, task_index, result.error_type, result.error_message,
+                        result.traceback,
+                    )
+                elif result.timed_out:
+                    logger.warning(
+                        "task %s/%s[%d] timed out; if its handler is still running, it could not "
+                        "be stopped (only the process executor can stop a handler)",
+                        run_id, step_slug, task_index,
+                    )
+                self._pending.append(
+                    Outcome(run_id, step_slug, task_index,
+                            error=error_text(result.error_type, result.error_message))
+                )
+        return bool(self._pending)
+
+    def _flow_for_step(self, run_id: str, step_slug: str) -> Flow | None:
+        if len(self.flows) == 1:
+            return next(iter(self.flows.values()))
+        for flow in self.flows.values():
+            if step_slug in flow:
+                return flow
+        return None
+
+    def _flush(self) -> None:
+        assert self._conn is not None
+        batch, self._pending = self._pending, []
+        try:
+            self.sink.report(self._conn, batch)
+        except BaseException:
+            self._pending = batch + self._pending  # keep them for the retry after reconnect
+            raise
+        self.stats.reports += 1
+        for outcome in batch:
+            if outcome.ok:
+                self.stats.completed += 1
+            else:
+                self.stats.failed += 1
+
+    # -- executor callbacks --------------------------------------------------------------------
+
+    def _resolve_step(self, flow_slug: str, step_slug: str) -> Any:
+        return self.flows[flow_slug].get_step(step_slug)
+
+    def _load_flow_input(self, run_id: str) -> Any:
+        return self._run_inputs.get(run_id)
+
+    def _fetch_run_input(self, run_id: str) -> str:
+        # executor threads call this; the loop's connection is not theirs to use
+        with self._input_lock:
+            if self._input_conn is None or self._input_conn.closed:
+                self._input_conn = connect(self.dsn, autocommit=True)
+            row = self._input_conn.execute(
+                "select input::text from pgflow.runs where run_id = %s", (run_id,)
+            ).fetchone()
+        if row is None:
+            raise PgflowError(f"run {run_id} does not exist (was it pruned?)")
+        return str(row[0])
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _install_signals(self) -> Callable[[], None] | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            self._signals += 1
+            if self._signals == 1:
+                logger.info("received %s: finishing in-flight tasks (again to exit at once)",
+                            signal.Signals(signum).name)
+                self.stop()
+            else:
+                logger.warning("received %s again: exiting now; unfinished tasks will be retried",
+                               signal.Signals(signum).name)
+                if self._executor is not None:
+                    self._executor.kill()
+                os._exit(130)
+
+        for sig in previous:
+            signal.signal(sig, handle)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+
+def _import_path(flow: Flow) -> str | None:
+    """'module:attr' for a flow defined at module level of an importable module."""
+    import sys
+
+    for name, module in list(sys.modules.items()):
+        if name == "__main__" or module is None:
+            continue
+        for attr, value in list(vars(module).items()):
+            if value is flow:
+                return f"{name}:{attr}"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+def run_worker(flows: Sequence[Flow | str], **options: Any) -> Worker:
+    """Build and run a worker in the current thread (returns after it stopped)."""
+    worker = Worker(flows, **options)
+    worker.run()
+    return worker
