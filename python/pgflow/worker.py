@@ -37,6 +37,7 @@ from pgflow.executors.base import Executor, Job, JobResult
 from pgflow.flow import Flow, load_flow
 from pgflow.listener import TaskListener
 from pgflow.plugins import create_executor, get_plugin_manager
+from pgflow.reporter import Reporter
 from pgflow.run_inputs import RunInputCache
 from pgflow.worker_claims import BatchedSource, ClaimedTask, PerTaskSource, TaskSource
 from pgflow.worker_reports import BatchedSink, Outcome, PerTaskSink, ResultSink, error_text
@@ -120,7 +121,9 @@ class Worker:
 
         self._results: collections.deque[JobResult] = collections.deque()
         self._pending: list[Outcome] = []
+        self._reporter: Reporter | None = None
         self._wake = threading.Event()
+        self._flushed = threading.Event()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._started = threading.Event()
@@ -172,6 +175,8 @@ class Worker:
             load_flow_input=self._load_flow_input,
         )
         self._executor.start()
+        self._reporter = Reporter(self.dsn, self.sink, self._on_flushed, max_batch=max(self.batch_size, 100))
+        self._reporter.start()
         if self.listen:
             self._listener = TaskListener(self.dsn, self.flows, self._wake.set)
             self._listener.start()
@@ -207,8 +212,10 @@ class Worker:
                 self._db(self._requeue_stalled)
                 next_requeue = now + self.requeue_interval
             if self._collect():
+                self._flush()
+            if self._flushed.is_set():
+                self._flushed.clear()
                 more_work = True  # completions may have made new tasks ready
-                self._db(self._flush)
             free = self._executor.free_slots()
             if free > 0 and (more_work or self._wake_pending() or now >= next_poll):
                 claimed = self._db(lambda: self._claim(min(free, self.batch_size))) or 0
@@ -238,12 +245,15 @@ class Worker:
         deadline = time.monotonic() + self.shutdown_grace
         while self._in_flight and time.monotonic() < deadline and self._signals < 2:
             if self._collect():
-                self._db(self._flush)
+                self._flush()
             self._wake.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             self._wake.clear()
         unfinished = self._executor.shutdown(grace=0 if self._signals >= 2 else 1.0)
         if self._collect():
-            self._db(self._flush)
+            self._flush()
+        assert self._reporter is not None
+        if not self._reporter.close(timeout=max(5.0, deadline - time.monotonic())):
+            logger.warning("some results could not be reported; those tasks will be retried")
         if unfinished or self._in_flight:
             logger.warning(
                 "%d task(s) did not finish within the grace period; they will be retried after "
@@ -252,6 +262,8 @@ class Worker:
             )
 
     def _shutdown(self) -> None:
+        if self._reporter is not None and self._signals < 2:
+            self._reporter.close(timeout=5.0)
         if self._listener is not None:
             self._listener.stop()
         if self._executor is not None:
@@ -459,19 +471,20 @@ class Worker:
         return None
 
     def _flush(self) -> None:
-        assert self._conn is not None
+        assert self._reporter is not None
         batch, self._pending = self._pending, []
-        try:
-            self.sink.report(self._conn, batch)
-        except BaseException:
-            self._pending = batch + self._pending  # keep them for the retry after reconnect
-            raise
-        self.stats.reports += 1
+        self._reporter.put(batch)
+
+    def _on_flushed(self, batch: Sequence[Outcome]) -> None:
+        # called from the reporter thread
         for outcome in batch:
             if outcome.ok:
                 self.stats.completed += 1
             else:
                 self.stats.failed += 1
+        self.stats.reports += 1
+        self._flushed.set()
+        self._wake.set()
 
     # -- executor callbacks --------------------------------------------------------------------
 

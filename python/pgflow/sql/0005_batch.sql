@@ -43,6 +43,7 @@ declare
   v_dead bigint[];
   v_parent record;
   v_array jsonb;
+  v_claimed int;
 begin
   if claim_tasks.qty is null or claim_tasks.qty < 1 then
     raise exception 'claim_tasks: qty must be 1 or more, got %', coalesce(claim_tasks.qty::text, 'NULL')
@@ -117,13 +118,17 @@ begin
     join pgflow.steps s on s.flow_slug = v_slug and s.step_slug = c.step_slug;
 
   -- messages that can never be used again: their task finished, was cancelled, or is gone
-  select array_agg(m) into v_dead
-    from unnest(v_msg_ids) m
-   where not exists (select 1 from pg_temp.pgflow_claim c where c.msg_id = m)
-     and not exists (
-       select 1 from pgflow.step_tasks t
-        where t.flow_slug = v_slug and t.message_id = m and t.status in ('queued', 'started'));
-  perform pgflow._archive_messages(v_slug, v_dead);
+  get diagnostics v_claimed = row_count;
+  if v_claimed < cardinality(v_msg_ids) then
+    select array_agg(m.id) into v_dead
+      from unnest(v_msg_ids) m(id)
+      left join pg_temp.pgflow_claim c on c.msg_id = m.id
+     where c.msg_id is null
+       and not exists (
+         select 1 from pgflow.step_tasks t
+          where t.flow_slug = v_slug and t.message_id = m.id and t.status in ('queued', 'started'));
+    perform pgflow._archive_messages(v_slug, v_dead);
+  end if;
 
   -- parents of dependent maps: small arrays go once as a blob and are sliced by the worker;
   -- the elements of large ones are cut out here from one in-memory copy of the array
@@ -150,15 +155,22 @@ begin
   end loop;
 
   return query
+  with step_deps as (
+    select s.step_slug,
+           coalesce((select array_agg(d.dep_slug order by d.dep_slug) from pgflow.deps d
+                      where d.flow_slug = v_slug and d.step_slug = s.step_slug), '{}'::text[]) as deps
+      from pgflow.steps s
+     where s.flow_slug = v_slug
+  )
   select 'task'::text, c.msg_id, c.run_id::text, c.step_slug, c.task_index, c.attempt,
          case when c.payload is not null then 3
               when c.step_type = 'map' then 2
               when c.deps_count = 0 then 0
               else 1 end,
-         coalesce((select array_agg(d.dep_slug order by d.dep_slug) from pgflow.deps d
-                    where d.flow_slug = v_slug and d.step_slug = c.step_slug), '{}'::text[]),
+         sd.deps,
          c.payload
     from pg_temp.pgflow_claim c
+    join step_deps sd on sd.step_slug = c.step_slug
    order by c.msg_id;
 
   -- the run input, once per run, for root steps
