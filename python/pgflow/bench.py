@@ -14,6 +14,7 @@ Scenarios:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -81,7 +82,9 @@ def run_benchmarks(
 ) -> list[BenchResult]:
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
-        raise BenchError(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+        raise BenchError(
+            f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
+        )
     results = []
     for name in scenarios or SCENARIOS:
         results.append(_run_scenario(dsn, name, settings, progress))
@@ -121,7 +124,9 @@ def _run_scenario(dsn: str, name: str, settings: BenchSettings, progress: Progre
 # -- workers ------------------------------------------------------------------------------------
 
 
-def _start_workers(dsn: str, flow_ref: str, settings: BenchSettings) -> list[subprocess.Popen[bytes]]:
+def _start_workers(
+    dsn: str, flow_ref: str, settings: BenchSettings
+) -> list[subprocess.Popen[bytes]]:
     env = dict(os.environ)
     env["PGFLOW_DSN"] = dsn
     if settings.no_rust:
@@ -129,10 +134,17 @@ def _start_workers(dsn: str, flow_ref: str, settings: BenchSettings) -> list[sub
     else:
         env.pop("PGFLOW_NO_RUST", None)
     command = [
-        sys.executable, "-m", "pgflow", "worker", flow_ref,
-        "--executor", settings.executor,
-        "--concurrency", str(settings.concurrency),
-        "--batch-size", str(settings.batch_size),
+        sys.executable,
+        "-m",
+        "pgflow",
+        "worker",
+        flow_ref,
+        "--executor",
+        settings.executor,
+        "--concurrency",
+        str(settings.concurrency),
+        "--batch-size",
+        str(settings.batch_size),
         "--quiet",
     ]
     if settings.per_task:
@@ -144,7 +156,9 @@ def _start_workers(dsn: str, flow_ref: str, settings: BenchSettings) -> list[sub
 
 
 def _wait_registered(
-    conn: psycopg.Connection[Any], flow_slug: str, workers: list[subprocess.Popen[bytes]],
+    conn: psycopg.Connection[Any],
+    flow_slug: str,
+    workers: list[subprocess.Popen[bytes]],
     settings: BenchSettings,
 ) -> None:
     deadline = time.monotonic() + 60
@@ -210,8 +224,13 @@ def _db_now(conn: psycopg.Connection[Any]) -> Any:
 
 
 def _wait_runs(
-    conn: psycopg.Connection[Any], flow_slug: str, runs: int, tasks: int, settings: BenchSettings,
-    progress: Progress, label: str,
+    conn: psycopg.Connection[Any],
+    flow_slug: str,
+    runs: int,
+    tasks: int,
+    settings: BenchSettings,
+    progress: Progress,
+    label: str,
 ) -> None:
     """Wait until every run of the flow has finished, showing progress."""
     deadline = time.monotonic() + settings.timeout
@@ -227,7 +246,9 @@ def _wait_runs(
         assert row is not None
         finished, failed = row
         if failed:
-            raise BenchError(f"{label}: {failed} run(s) failed; see `pgflow runs list --status failed`")
+            raise BenchError(
+                f"{label}: {failed} run(s) failed; see `pgflow runs list --status failed`"
+            )
         if finished >= runs:
             progress("")
             return
@@ -265,13 +286,22 @@ def _result(
     p50, p95 = _percentiles(latencies_ms)
     seconds = max(seconds, 1e-9)
     return BenchResult(
-        scenario=scenario, tasks=tasks, runs=runs, seconds=round(seconds, 3),
-        tasks_per_second=round(tasks / seconds, 1), runs_per_second=round(runs / seconds, 2),
-        p50_ms=p50, p95_ms=p95, peak_rss_mb=None, verified=True,
+        scenario=scenario,
+        tasks=tasks,
+        runs=runs,
+        seconds=round(seconds, 3),
+        tasks_per_second=round(tasks / seconds, 1),
+        runs_per_second=round(runs / seconds, 2),
+        p50_ms=p50,
+        p95_ms=p95,
+        peak_rss_mb=None,
+        verified=True,
     )
 
 
-def _bench_map(conn: psycopg.Connection[Any], settings: BenchSettings, progress: Progress) -> BenchResult:
+def _bench_map(
+    conn: psycopg.Connection[Any], settings: BenchSettings, progress: Progress
+) -> BenchResult:
     n = settings.map_tasks
     items = list(range(n))
     row = conn.execute(
@@ -288,15 +318,19 @@ def _bench_map(conn: psycopg.Connection[Any], settings: BenchSettings, progress:
     if out[0] != {"item": items}:
         raise BenchError("map: the run's output is not the mapped input")
     lat = [
-        float(r[0]) for r in conn.execute(
+        float(r[0])
+        for r in conn.execute(
             "select extract(epoch from completed_at - queued_at) * 1000 from pgflow.step_tasks "
-            "where run_id = %s", (run_id,)
+            "where run_id = %s",
+            (run_id,),
         )
     ]
     return _result("map", n, 1, float(out[1]), lat)
 
 
-def _bench_chain(conn: psycopg.Connection[Any], settings: BenchSettings, progress: Progress) -> BenchResult:
+def _bench_chain(
+    conn: psycopg.Connection[Any], settings: BenchSettings, progress: Progress
+) -> BenchResult:
     hops: list[float] = []
     total = 0.0
     for i in range(settings.chain_runs):
@@ -306,34 +340,40 @@ def _bench_chain(conn: psycopg.Connection[Any], settings: BenchSettings, progres
         _wait_runs(conn, "bench_chain", i + 1, (i + 1) * CHAIN_LENGTH, settings, progress, "chain")
         out = conn.execute(
             "select output, extract(epoch from completed_at - started_at) from pgflow.runs "
-            "where run_id = %s", (run_id,)
+            "where run_id = %s",
+            (run_id,),
         ).fetchone()
         assert out is not None
         if out[0] != {f"s{CHAIN_LENGTH - 1}": CHAIN_LENGTH - 1}:
             raise BenchError(f"chain: wrong output {out[0]!r}")
         total += float(out[1])
         done = [
-            r[0] for r in conn.execute(
+            r[0]
+            for r in conn.execute(
                 "select completed_at from pgflow.step_states where run_id = %s order by completed_at",
                 (run_id,),
             )
         ]
-        hops.extend((b - a).total_seconds() * 1000 for a, b in zip(done, done[1:], strict=False))
+        hops.extend((b - a).total_seconds() * 1000 for a, b in itertools.pairwise(done))
     return _result("chain", settings.chain_runs * CHAIN_LENGTH, settings.chain_runs, total, hops)
 
 
-def _bench_diamond(conn: psycopg.Connection[Any], settings: BenchSettings, progress: Progress) -> BenchResult:
+def _bench_diamond(
+    conn: psycopg.Connection[Any], settings: BenchSettings, progress: Progress
+) -> BenchResult:
     n = settings.diamond_runs
     with conn.transaction():
         conn.execute(
             "select pgflow.start_flow('bench_diamond', jsonb_build_object('n', i)) "
-            "from generate_series(1, %s) i", (n,)
+            "from generate_series(1, %s) i",
+            (n,),
         )
     t0 = _db_now(conn)
     _wait_runs(conn, "bench_diamond", n, n * 4, settings, progress, "diamond")
     rows = conn.execute(
         "select input, output, extract(epoch from completed_at - %s) * 1000 from pgflow.runs "
-        "where flow_slug = 'bench_diamond'", (t0,)
+        "where flow_slug = 'bench_diamond'",
+        (t0,),
     ).fetchall()
     for inp, out, _ in rows:
         k = inp["n"]
@@ -343,7 +383,9 @@ def _bench_diamond(conn: psycopg.Connection[Any], settings: BenchSettings, progr
     return _result("diamond", n * 4, n, max(lat) / 1000, lat)
 
 
-def _bench_fanout(conn: psycopg.Connection[Any], settings: BenchSettings, progress: Progress) -> BenchResult:
+def _bench_fanout(
+    conn: psycopg.Connection[Any], settings: BenchSettings, progress: Progress
+) -> BenchResult:
     n = settings.fanout_items
     row = conn.execute(
         "select run_id from pgflow.start_flow('bench_fanout', %s)", (Jsonb({"n": n}),)
@@ -354,15 +396,18 @@ def _bench_fanout(conn: psycopg.Connection[Any], settings: BenchSettings, progre
     out = conn.execute(
         "select (output->'double') = (select jsonb_agg(i * 2 order by i) from generate_series(0, %s - 1) i), "
         "jsonb_array_length(output->'double'), extract(epoch from completed_at - started_at) "
-        "from pgflow.runs where run_id = %s", (n, run_id),
+        "from pgflow.runs where run_id = %s",
+        (n, run_id),
     ).fetchone()
     assert out is not None
     if not out[0]:
         raise BenchError(f"fanout: the output has {out[1]} items, not the {n} doubled inputs")
     lat = [
-        float(r[0]) for r in conn.execute(
+        float(r[0])
+        for r in conn.execute(
             "select extract(epoch from completed_at - queued_at) * 1000 from pgflow.step_tasks "
-            "where run_id = %s and step_slug = 'double'", (run_id,)
+            "where run_id = %s and step_slug = 'double'",
+            (run_id,),
         )
     ]
     return _result("fanout", n + 1, 1, float(out[2]), lat)

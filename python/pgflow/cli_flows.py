@@ -23,7 +23,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 
 
-def _add_command(commands: Subparsers, name: str, handler: Any, help: str) -> argparse.ArgumentParser:
+def _add_command(
+    commands: Subparsers, name: str, handler: Any, help: str
+) -> argparse.ArgumentParser:
     from pgflow.cli import add_command
 
     return add_command(commands, name, handler, help)
@@ -60,14 +62,48 @@ def _json_arg(text: str) -> Any:
 
 def register_worker(commands: Subparsers) -> None:
     p = _add_command(commands, "worker", cmd_worker, "Run the tasks of one or more flows.")
-    p.add_argument("flows", nargs="+", metavar="MODULE:FLOW", help="flows to serve, e.g. app.flows:flow")
-    p.add_argument("--executor", default="thread", help="thread (default), process, asyncio, inline, or a plugin's")
-    p.add_argument("--concurrency", type=_positive_int, default=10, help="handlers running at once (default 10)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="tasks claimed per round trip (default: concurrency)")
-    p.add_argument("--per-task", action="store_true", help="use only the per-task contract functions (slower; for comparison)")
-    p.add_argument("--allow-data-loss", action="store_true", help="replace a flow whose shape changed, deleting its runs (development only)")
-    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls when no NOTIFY arrives (default 1)")
-    p.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds in-flight tasks get on SIGTERM (default 30)")
+    p.add_argument(
+        "flows", nargs="+", metavar="MODULE:FLOW", help="flows to serve, e.g. app.flows:flow"
+    )
+    p.add_argument(
+        "--executor",
+        default="thread",
+        help="thread (default), process, asyncio, inline, or a plugin's",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=10,
+        help="handlers running at once (default 10)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="tasks claimed per round trip (default: concurrency)",
+    )
+    p.add_argument(
+        "--per-task",
+        action="store_true",
+        help="use only the per-task contract functions (slower; for comparison)",
+    )
+    p.add_argument(
+        "--allow-data-loss",
+        action="store_true",
+        help="replace a flow whose shape changed, deleting its runs (development only)",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        help="seconds between polls when no NOTIFY arrives (default 1)",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        help="seconds in-flight tasks get on SIGTERM (default 30)",
+    )
     p.add_argument("--quiet", action="store_true", help="log only warnings and errors")
 
 
@@ -104,10 +140,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def register_start(commands: Subparsers) -> None:
     p = _add_command(commands, "start", cmd_start, "Start a run of a flow.")
     p.add_argument("flow", metavar="FLOW", help="the flow's slug")
-    p.add_argument("--input", type=_json_arg, default={}, metavar="JSON", help="the run input (default {})")
+    p.add_argument(
+        "--input", type=_json_arg, default={}, metavar="JSON", help="the run input (default {})"
+    )
     p.add_argument("--run-id", default=None, help="use this run id instead of a new one")
     p.add_argument("--wait", action="store_true", help="wait for the run and print its output")
-    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    p.add_argument(
+        "--timeout", type=float, default=None, help="with --wait: give up after this many seconds"
+    )
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -161,9 +201,16 @@ def register_runs(commands: Subparsers) -> None:
     runs = _add_group(commands, "runs", "List and inspect runs.")
     p = _add_command(runs, "list", cmd_runs_list, "The newest runs.")
     p.add_argument("--flow", default=None)
-    p.add_argument("--status", default=None, choices=["started", "completed", "failed", "cancelled"])
+    p.add_argument(
+        "--status", default=None, choices=["started", "completed", "failed", "cancelled"]
+    )
     p.add_argument("--limit", type=_positive_int, default=50)
-    p = _add_command(runs, "show", cmd_runs_show, "A run's steps as a tree, with status, attempts, timing and errors.")
+    p = _add_command(
+        runs,
+        "show",
+        cmd_runs_show,
+        "A run's steps as a tree, with status, attempts, timing and errors.",
+    )
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument("--json", action="store_true", help="print the run as JSON")
 
@@ -257,7 +304,9 @@ def _step_details(step: StepState) -> list[str]:
         details.append(f"error: {step.error_message}")
     failed = [t for t in step.tasks if t.error_message and t.status != "completed"]
     for task in failed[:3]:
-        details.append(f"task {task.task_index} ({task.status}, attempt {task.attempts_count}): {task.error_message}")
+        details.append(
+            f"task {task.task_index} ({task.status}, attempt {task.attempts_count}): {task.error_message}"
+        )
     if len(failed) > 3:
         details.append(f"... and {len(failed) - 3} more failed tasks")
     return details
@@ -302,7 +351,9 @@ def cmd_flows_show(args: argparse.Namespace) -> int:
             (args.flow,),
         ).fetchone()
         if flow is None:
-            raise PgflowError(f"flow {args.flow!r} does not exist; `pgflow flows list` shows the flows")
+            raise PgflowError(
+                f"flow {args.flow!r} does not exist; `pgflow flows list` shows the flows"
+            )
         steps = conn.execute(
             "select s.step_slug, s.step_type, coalesce((select string_agg(d.dep_slug, ', ' order by d.dep_slug) "
             "from pgflow.deps d where d.flow_slug = s.flow_slug and d.step_slug = s.step_slug), ''), "
@@ -314,7 +365,19 @@ def cmd_flows_show(args: argparse.Namespace) -> int:
             (args.flow,),
         ).fetchall()
     print(f"flow {args.flow}: max_attempts {flow[0]}, base_delay {flow[1]}s, timeout {flow[2]}s")
-    for slug, kind, deps, attempts, delay, timeout, start_delay, req, forb, unmet, exhausted in steps:
+    for (
+        slug,
+        kind,
+        deps,
+        attempts,
+        delay,
+        timeout,
+        start_delay,
+        req,
+        forb,
+        unmet,
+        exhausted,
+    ) in steps:
         line = f"  {slug} [{kind}]"
         if deps:
             line += f" after {deps}"
@@ -351,8 +414,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def register_demo(commands: Subparsers) -> None:
-    p = _add_command(commands, "demo", cmd_demo, "Run the bundled example flow end to end (embedded Postgres by default).")
-    p.add_argument("--pages", type=_positive_int, default=150, help="map tasks in the demo (default 150)")
+    p = _add_command(
+        commands,
+        "demo",
+        cmd_demo,
+        "Run the bundled example flow end to end (embedded Postgres by default).",
+    )
+    p.add_argument(
+        "--pages", type=_positive_int, default=150, help="map tasks in the demo (default 150)"
+    )
     p.add_argument("--executor", default="thread")
     p.add_argument("--concurrency", type=_positive_int, default=16)
 
@@ -372,7 +442,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"migrated: {len(applied)} migration(s) applied", file=sys.stderr)
     logging.getLogger("pgflow").setLevel(logging.WARNING)
     worker = Worker(
-        [flow], dsn=dsn, executor=args.executor, concurrency=args.concurrency,
+        [flow],
+        dsn=dsn,
+        executor=args.executor,
+        concurrency=args.concurrency,
         install_signal_handlers=False,
     )
     thread = threading.Thread(target=worker.run, name="pgflow-demo-worker", daemon=True)
@@ -409,14 +482,27 @@ def register_bench(commands: Subparsers) -> None:
     from pgflow.bench import SCENARIOS, BenchSettings
 
     d = BenchSettings()
-    p = _add_command(commands, "bench", cmd_bench, "Measure throughput and latency on this database.")
-    p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    p = _add_command(
+        commands, "bench", cmd_bench, "Measure throughput and latency on this database."
+    )
+    p.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"any of {', '.join(SCENARIOS)} (default: all)",
+    )
     p.add_argument("--workers", type=_positive_int, default=d.workers, help="worker processes")
     p.add_argument("--executor", default=d.executor)
-    p.add_argument("--concurrency", type=_positive_int, default=d.concurrency, help="handlers per worker")
+    p.add_argument(
+        "--concurrency", type=_positive_int, default=d.concurrency, help="handlers per worker"
+    )
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
-    p.add_argument("--per-task", action="store_true", help="workers use only the per-task contract functions")
-    p.add_argument("--no-rust", action="store_true", help="workers use the pure-Python twins of the Rust core")
+    p.add_argument(
+        "--per-task", action="store_true", help="workers use only the per-task contract functions"
+    )
+    p.add_argument(
+        "--no-rust", action="store_true", help="workers use the pure-Python twins of the Rust core"
+    )
     p.add_argument("--map-tasks", type=_positive_int, default=d.map_tasks)
     p.add_argument("--chain-runs", type=_positive_int, default=d.chain_runs)
     p.add_argument("--diamond-runs", type=_positive_int, default=d.diamond_runs)
@@ -430,10 +516,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pgflow.migrate import migrate
 
     settings = BenchSettings(
-        workers=args.workers, executor=args.executor, concurrency=args.concurrency,
-        batch_size=args.batch_size, per_task=args.per_task, no_rust=args.no_rust,
-        map_tasks=args.map_tasks, chain_runs=args.chain_runs, diamond_runs=args.diamond_runs,
-        fanout_items=args.fanout_items, timeout=args.timeout,
+        workers=args.workers,
+        executor=args.executor,
+        concurrency=args.concurrency,
+        batch_size=args.batch_size,
+        per_task=args.per_task,
+        no_rust=args.no_rust,
+        map_tasks=args.map_tasks,
+        chain_runs=args.chain_runs,
+        diamond_runs=args.diamond_runs,
+        fanout_items=args.fanout_items,
+        timeout=args.timeout,
     )
     dsn, source = resolve_dsn(args.dsn)
     print(f"database: {redact(dsn)} (from {source})", file=sys.stderr)
@@ -443,7 +536,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for name in args.scenarios or SCENARIOS:
         result = run_benchmarks(dsn, [name], settings, line)[0]
         line.clear()
-        print(f"{name}: outputs verified ({result.runs} run(s), {result.tasks} tasks)", file=sys.stderr)
+        print(
+            f"{name}: outputs verified ({result.runs} run(s), {result.tasks} tasks)",
+            file=sys.stderr,
+        )
         if args.json:
             print(result.as_json(), flush=True)
         results.append(result)

@@ -95,7 +95,9 @@ class StepState:
 
     @property
     def tasks_done(self) -> int:
-        return sum(1 for t in self.tasks if t.status in ("completed", "failed", "skipped", "cancelled"))
+        return sum(
+            1 for t in self.tasks if t.status in ("completed", "failed", "skipped", "cancelled")
+        )
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,8 @@ class _queries:
 
     @staticmethod
     def runs(flow: str | None, status: str | None, limit: int) -> tuple[str, list[Any]]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[Any] = []
         if flow is not None:
             where.append("flow_slug = %s")
             params.append(flow)
@@ -177,7 +180,9 @@ def _run_from(row: dict[str, Any], steps: Sequence[StepState] = ()) -> Run:
     return Run(steps=tuple(steps), **row)
 
 
-def _steps_from(step_rows: Sequence[dict[str, Any]], task_rows: Sequence[dict[str, Any]]) -> list[StepState]:
+def _steps_from(
+    step_rows: Sequence[dict[str, Any]], task_rows: Sequence[dict[str, Any]]
+) -> list[StepState]:
     tasks: dict[str, list[TaskState]] = {}
     for t in task_rows:
         slug = t.pop("step_slug")
@@ -250,7 +255,9 @@ class Client:
                 result = self._c().execute(_queries.COMPILE, (slug, Jsonb(flow.shape()))).fetchone()
                 if result and next(iter(result.values()))["status"] == "mismatch":
                     diffs = "; ".join(next(iter(result.values()))["differences"])
-                    raise PgflowError(f"flow {slug!r} in the database differs from the code: {diffs}")
+                    raise PgflowError(
+                        f"flow {slug!r} in the database differs from the code: {diffs}"
+                    )
                 self._compiled.add(slug)
             row = self._c().execute(_queries.START, (slug, Jsonb(input), run_id)).fetchone()
         assert row is not None
@@ -297,7 +304,9 @@ class Client:
             raise RunNotFound(str(exc.diag.message_primary or exc)) from None
         return str(rows[0]["status"])
 
-    def runs(self, flow: str | None = None, status: str | None = None, limit: int = 50) -> list[Run]:
+    def runs(
+        self, flow: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Run]:
         """The newest runs, optionally of one flow and/or in one status."""
         _check_limit(limit)
         query, params = _queries.runs(flow, status, limit)
@@ -340,7 +349,9 @@ class AsyncClient:
             cur = await conn.execute(query, params)
             return await cur.fetchall()
 
-    async def start(self, flow: Flow | str, input: Any = None, run_id: str | UUID | None = None) -> str:
+    async def start(
+        self, flow: Flow | str, input: Any = None, run_id: str | UUID | None = None
+    ) -> str:
         slug = _flow_slug(flow)
         if isinstance(flow, Flow) and slug not in self._compiled:
             rows = await self._fetch(_queries.COMPILE, (slug, Jsonb(flow.shape())))
@@ -390,7 +401,9 @@ class AsyncClient:
             raise RunNotFound(str(exc.diag.message_primary or exc)) from None
         return str(rows[0]["status"])
 
-    async def runs(self, flow: str | None = None, status: str | None = None, limit: int = 50) -> list[Run]:
+    async def runs(
+        self, flow: str | None = None, status: str | None = None, limit: int = 50
+    ) -> list[Run]:
         _check_limit(limit)
         query, params = _queries.runs(flow, status, limit)
         return [_run_from(row) for row in await self._fetch(query, params)]

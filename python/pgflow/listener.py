@@ -8,6 +8,7 @@ worker polls at its short interval until the listener has reconnected.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Collection
@@ -64,7 +65,9 @@ class TaskListener:
                 self._alive.clear()
                 if self._stop.is_set():
                     break
-                logger.warning("listener lost its connection (%s); reconnecting", type(exc).__name__)
+                logger.warning(
+                    "listener lost its connection (%s); reconnecting", type(exc).__name__
+                )
                 self.wake()  # the worker polls meanwhile
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
@@ -90,7 +93,5 @@ class TaskListener:
     def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 conn.close()
-            except psycopg.Error:
-                pass

@@ -104,7 +104,9 @@ class Reporter:
             except (psycopg.OperationalError, psycopg.InterfaceError, PgflowError) as exc:
                 logger.warning(
                     "could not report %d result(s) (%s); retrying in %.1fs",
-                    len(batch), " ".join(str(exc).split())[:200], delay,
+                    len(batch),
+                    " ".join(str(exc).split())[:200],
+                    delay,
                 )
                 if self._conn is not None:
                     self._conn.close()
@@ -119,9 +121,13 @@ class Reporter:
                 # single bad item cannot hold back the others
                 logger.error("reporting a batch failed: %s", " ".join(str(exc).split())[:300])
                 if len(batch) == 1:
-                    logger.error("dropping the result of %s/%s[%d]; the task will be retried "
-                                 "after its timeout", batch[0].run_id, batch[0].step_slug,
-                                 batch[0].task_index)
+                    logger.error(
+                        "dropping the result of %s/%s[%d]; the task will be retried "
+                        "after its timeout",
+                        batch[0].run_id,
+                        batch[0].step_slug,
+                        batch[0].task_index,
+                    )
                     return True
                 for item in batch:
                     self._send([item])

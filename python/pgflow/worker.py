@@ -15,6 +15,7 @@ puts back in the queue.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import signal
@@ -36,7 +37,12 @@ from pgflow.errors import PgflowError
 from pgflow.executors.base import Executor, Job, JobResult
 from pgflow.flow import Flow, load_flow
 from pgflow.listener import TaskListener
-from pgflow.plugins import create_executor, get_plugin_manager
+from pgflow.plugins import (
+    create_executor,
+    fire_worker_started,
+    fire_worker_stopped,
+    get_plugin_manager,
+)
 from pgflow.reporter import Reporter
 from pgflow.run_inputs import RunInputCache
 from pgflow.worker_claims import BatchedSource, ClaimedTask, PerTaskSource, TaskSource
@@ -175,7 +181,9 @@ class Worker:
             load_flow_input=self._load_flow_input,
         )
         self._executor.start()
-        self._reporter = Reporter(self.dsn, self.sink, self._on_flushed, max_batch=max(self.batch_size, 100))
+        self._reporter = Reporter(
+            self.dsn, self.sink, self._on_flushed, max_batch=max(self.batch_size, 100)
+        )
         self._reporter.start()
         if self.listen:
             self._listener = TaskListener(self.dsn, self.flows, self._wake.set)
@@ -218,7 +226,8 @@ class Worker:
                 more_work = True  # completions may have made new tasks ready
             free = self._executor.free_slots()
             if free > 0 and (more_work or self._wake_pending() or now >= next_poll):
-                claimed = self._db(lambda: self._claim(min(free, self.batch_size))) or 0
+                want = min(free, self.batch_size)
+                claimed = self._db(functools.partial(self._claim, want)) or 0
                 next_poll = time.monotonic() + self._poll_interval()
                 more_work = claimed >= min(free, self.batch_size)
                 if claimed:
@@ -241,7 +250,9 @@ class Worker:
     def _drain(self) -> None:
         """Graceful stop: no more claims; let in-flight tasks finish within the grace period."""
         assert self._executor is not None
-        logger.info("stopping: %d task(s) in flight, grace %.0fs", len(self._in_flight), self.shutdown_grace)
+        logger.info(
+            "stopping: %d task(s) in flight, grace %.0fs", len(self._in_flight), self.shutdown_grace
+        )
         deadline = time.monotonic() + self.shutdown_grace
         while self._in_flight and time.monotonic() < deadline and self._signals < 2:
             if self._collect():
@@ -277,9 +288,8 @@ class Worker:
         for conn in (self._conn, self._input_conn):
             if conn is not None:
                 conn.close()
-        pm = get_plugin_manager()
         for worker_id in self.worker_ids.values():
-            pm.hook.pgflow_worker_stopped(worker_id=str(worker_id))
+            fire_worker_stopped(str(worker_id))
         self._stopped.set()
         logger.info(
             "worker stopped: %d completed, %d failed", self.stats.completed, self.stats.failed
@@ -343,13 +353,10 @@ class Worker:
     def _register(self) -> None:
         assert self._conn is not None
         name = f"{socket.gethostname()}:{os.getpid()}"
-        pm = get_plugin_manager()
         for slug, worker_id in self.worker_ids.items():
-            self._conn.execute(
-                "select pgflow.register_worker(%s, %s, %s)", (worker_id, slug, name)
-            )
+            self._conn.execute("select pgflow.register_worker(%s, %s, %s)", (worker_id, slug, name))
             if not self._started.is_set():
-                pm.hook.pgflow_worker_started(worker_id=str(worker_id), flows=[slug])
+                fire_worker_started(str(worker_id), [self.flows[slug]])
 
     def _heartbeat(self) -> None:
         assert self._conn is not None
@@ -377,7 +384,9 @@ class Worker:
         for slug in self._flows_round_robin():
             if qty - total <= 0:
                 break
-            tasks, run_inputs = self.source.claim(self._conn, slug, self.worker_ids[slug], qty - total)
+            tasks, run_inputs = self.source.claim(
+                self._conn, slug, self.worker_ids[slug], qty - total
+            )
             self.stats.claims += 1
             if run_inputs:
                 self._run_inputs.offer(run_inputs)
@@ -439,7 +448,12 @@ class Worker:
                         output = flow.get_step(step_slug).to_builtins(output)
                     except PgflowError as exc:
                         self._pending.append(
-                            Outcome(run_id, step_slug, task_index, error=error_text(type(exc).__name__, str(exc)))
+                            Outcome(
+                                run_id,
+                                step_slug,
+                                task_index,
+                                error=error_text(type(exc).__name__, str(exc)),
+                            )
                         )
                         continue
                 self._pending.append(Outcome(run_id, step_slug, task_index, output=output))
@@ -447,18 +461,28 @@ class Worker:
                 if result.traceback:
                     logger.warning(
                         "task %s/%s[%d] failed: %s: %s\n%s",
-                        run_id, step_slug, task_index, result.error_type, result.error_message,
+                        run_id,
+                        step_slug,
+                        task_index,
+                        result.error_type,
+                        result.error_message,
                         result.traceback,
                     )
                 elif result.timed_out:
                     logger.warning(
                         "task %s/%s[%d] timed out; if its handler is still running, it could not "
                         "be stopped (only the process executor can stop a handler)",
-                        run_id, step_slug, task_index,
+                        run_id,
+                        step_slug,
+                        task_index,
                     )
                 self._pending.append(
-                    Outcome(run_id, step_slug, task_index,
-                            error=error_text(result.error_type, result.error_message))
+                    Outcome(
+                        run_id,
+                        step_slug,
+                        task_index,
+                        error=error_text(result.error_type, result.error_message),
+                    )
                 )
         return bool(self._pending)
 
@@ -516,12 +540,16 @@ class Worker:
         def handle(signum: int, frame: FrameType | None) -> None:
             self._signals += 1
             if self._signals == 1:
-                logger.info("received %s: finishing in-flight tasks (again to exit at once)",
-                            signal.Signals(signum).name)
+                logger.info(
+                    "received %s: finishing in-flight tasks (again to exit at once)",
+                    signal.Signals(signum).name,
+                )
                 self.stop()
             else:
-                logger.warning("received %s again: exiting now; unfinished tasks will be retried",
-                               signal.Signals(signum).name)
+                logger.warning(
+                    "received %s again: exiting now; unfinished tasks will be retried",
+                    signal.Signals(signum).name,
+                )
                 if self._executor is not None:
                     self._executor.kill()
                 os._exit(130)

@@ -92,7 +92,9 @@ class BatchedSource:
 
 
 def _fill_inputs(
-    tasks: list[ClaimedTask], specs: list[tuple[int, str, Sequence[str], int]], blobs: dict[str, str]
+    tasks: list[ClaimedTask],
+    specs: list[tuple[int, str, Sequence[str], int]],
+    blobs: dict[str, str],
 ) -> None:
     if not tasks:
         return

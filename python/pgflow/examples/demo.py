@@ -31,7 +31,9 @@ flow = Flow("pgflow_demo", max_attempts=3, base_delay=1, timeout=30)
 def plan(request: SiteRequest, ctx: Context) -> list[dict[str, Any]]:
     """Decide which pages to look at: one map task each."""
     ctx.logger.info("planning %d pages of %s", request.pages, request.site)
-    return [{"url": f"https://{request.site}/page/{i}", "depth": i % 4} for i in range(request.pages)]
+    return [
+        {"url": f"https://{request.site}/page/{i}", "depth": i % 4} for i in range(request.pages)
+    ]
 
 
 @flow.map(array=plan)

@@ -1,0 +1,292 @@
+"""The interface between the worker and whatever runs step handlers.
+
+The worker claims tasks, turns each into a `Job` and hands it to an `Executor` with `submit()`.
+The executor runs the step's handler somewhere (a thread, a child process, an event loop) and
+reports exactly one `JobResult` per job through the `on_done` callback, unless the job was given
+back by `shutdown()` or abandoned by `kill()`. The worker keeps every slot busy by asking
+`free_slots()` and submitting as soon as a slot frees, never waiting for a whole batch.
+
+Handlers may return anything; the worker encodes outputs to JSON and fails a task whose output
+cannot be encoded. Executors never encode.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import traceback
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from pgflow.context import Context, ShutdownSignal
+from pgflow.errors import PgflowError
+
+logger = logging.getLogger("pgflow.executors")
+
+__all__ = [
+    "Executor",
+    "ExecutorBusyError",
+    "ExecutorClosedError",
+    "ExecutorError",
+    "ExecutorFactory",
+    "FlowInputLoader",
+    "Job",
+    "JobResult",
+    "OnDone",
+    "RunnableStep",
+    "StepResolver",
+    "deliver",
+    "make_context",
+    "run_job",
+    "run_step_sync",
+]
+
+
+class ExecutorError(PgflowError):
+    """An executor was used wrongly, or cannot run jobs any more."""
+
+
+class ExecutorBusyError(ExecutorError):
+    """`submit()` was called while `free_slots()` was 0."""
+
+
+class ExecutorClosedError(ExecutorError):
+    """`submit()` was called before `start()` or after `shutdown()`/`kill()`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One attempt of one task.
+
+    Attributes:
+        key: opaque to the executor and handed back in the `JobResult`; the worker uses
+            `(run_id, step_slug, task_index)`. Executors never require keys to be unique.
+        flow_slug, step_slug: which handler to run.
+        input: the handler's input, already decoded from JSON.
+        run_id, task_index, attempt: passed to the handler's `Context` (attempt is 1-based).
+        timeout: seconds the handler may run (the step's effective timeout); None for no limit.
+        flow_ref: "module:attribute" naming the Flow, for executors that must import the flow
+            in another process (the process executor); None when the flow is not importable.
+    """
+
+    key: Hashable
+    flow_slug: str
+    step_slug: str
+    input: Any
+    run_id: str
+    task_index: int
+    attempt: int
+    timeout: float | None
+    flow_ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """How one job ended.
+
+    `ok` with `output` on success. Otherwise `error_type` (the exception class name),
+    `error_message` and the formatted `traceback` (None when there is no Python traceback, as
+    for timeouts); `timed_out` tells a timeout apart from a handler error. Every field is
+    picklable, so results can cross process boundaries.
+    """
+
+    key: Hashable
+    ok: bool
+    output: Any = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    timed_out: bool = False
+
+    @classmethod
+    def success(cls, key: Hashable, output: Any) -> JobResult:
+        return cls(key=key, ok=True, output=output)
+
+    @classmethod
+    def from_exception(cls, key: Hashable, exc: BaseException) -> JobResult:
+        return cls(
+            key=key,
+            ok=False,
+            error_type=type(exc).__name__,
+            error_message=str(exc),
+            traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+
+    @classmethod
+    def failure(cls, key: Hashable, error_type: str, message: str) -> JobResult:
+        """A failure that did not come from a handler exception (a crashed process, say)."""
+        return cls(key=key, ok=False, error_type=error_type, error_message=message)
+
+    @classmethod
+    def timeout(cls, key: Hashable, seconds: float) -> JobResult:
+        return cls(
+            key=key,
+            ok=False,
+            error_type="TimeoutError",
+            error_message=f"the handler exceeded its timeout of {seconds:g}s",
+            timed_out=True,
+        )
+
+
+class RunnableStep(Protocol):
+    """What an executor needs from a step (`pgflow.flow.Step` provides it).
+
+    `invoke` converts the input to the handler's declared type (raising `InputValidationError`)
+    and calls the handler with or without the context, as its signature asks.
+    """
+
+    @property
+    def is_async(self) -> bool: ...
+
+    def invoke(self, value: Any, ctx: Context) -> Any: ...
+
+    def invoke_async(self, value: Any, ctx: Context) -> Awaitable[Any]: ...
+
+
+StepResolver = Callable[[str, str], RunnableStep]
+"""`(flow_slug, step_slug) -> step`, supplied by the worker; may raise for unknown steps."""
+
+FlowInputLoader = Callable[[str], Any]
+"""`run_id -> the run's input`, supplied by the worker, which caches it per run."""
+
+OnDone = Callable[[JobResult], None]
+"""Receives each job's result; executors may call it from any thread, so it must be quick and
+thread-safe (the worker puts results on a queue)."""
+
+
+class Executor(abc.ABC):
+    """Runs step handlers for a worker, `concurrency` at a time.
+
+    Life cycle: construct, `start()`, any number of `submit()` calls (each only while
+    `free_slots() > 0`), then `shutdown(grace)` or `kill()`. Executors are also context
+    managers: `with executor:` starts it and shuts it down without grace on exit.
+
+    Every executor class is also an `ExecutorFactory`: constructed with keyword arguments
+    `concurrency`, `resolve_step` and `load_flow_input`.
+    """
+
+    name: ClassVar[str]
+    """The name users select the executor by (`Worker(flows, executor=NAME)`)."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int,
+        resolve_step: StepResolver,
+        load_flow_input: FlowInputLoader | None = None,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(
+                f"the {self.name} executor needs a concurrency of at least 1 "
+                f"(how many handlers run at once), got {concurrency!r}"
+            )
+        self.concurrency = concurrency
+        self.resolve_step = resolve_step
+        self.load_flow_input = load_flow_input
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Acquire threads, processes or loops. Called once, before the first `submit()`."""
+
+    @abc.abstractmethod
+    def submit(self, job: Job, on_done: OnDone) -> None:
+        """Start running `job` and return at once; `on_done(result)` follows exactly once.
+
+        Raises `ExecutorBusyError` when no slot is free and `ExecutorClosedError` when the
+        executor is not started or is shutting down. Never blocks on the handler (except the
+        inline executor, whose purpose is to run it right here).
+        """
+
+    @abc.abstractmethod
+    def free_slots(self) -> int:
+        """How many more jobs `submit()` accepts now. Timed-out jobs no longer hold a slot."""
+
+    @abc.abstractmethod
+    def shutdown(self, grace: float) -> list[Job]:
+        """Stop accepting jobs, set every context's `shutdown` signal, and wait up to `grace`
+        seconds for the jobs in flight. Returns the jobs that did not finish; no result is
+        reported for them afterwards. Idempotent: later calls return []."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """Stop now: abandon every job in flight without reporting it, release resources."""
+
+    def __enter__(self) -> Executor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(grace=0)
+
+
+class ExecutorFactory(Protocol):
+    """Builds an executor; what `pgflow_register_executors` registers (an `Executor` subclass
+    is one). Plugins' factories must accept these keyword arguments and may accept more."""
+
+    def __call__(
+        self,
+        *,
+        concurrency: int,
+        resolve_step: StepResolver,
+        load_flow_input: FlowInputLoader | None = None,
+    ) -> Executor: ...
+
+
+def make_context(
+    job: Job, shutdown: ShutdownSignal, load_flow_input: FlowInputLoader | None
+) -> Context:
+    """The `Context` for one job; the flow input is only fetched if the handler reads it."""
+    run_id = job.run_id
+    return Context(
+        run_id=run_id,
+        flow_slug=job.flow_slug,
+        step_slug=job.step_slug,
+        task_index=job.task_index,
+        attempt=job.attempt,
+        shutdown=shutdown,
+        load_flow_input=None if load_flow_input is None else lambda: load_flow_input(run_id),
+    )
+
+
+def run_step_sync(step: RunnableStep, value: Any, ctx: Context) -> Any:
+    """Call a step's handler in the current thread, running an async one in a fresh loop."""
+    if not step.is_async:
+        return step.invoke(value, ctx)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass  # no loop in this thread: the usual case
+    else:
+        raise ExecutorError(
+            f"step {ctx.flow_slug}.{ctx.step_slug} has an async handler, and this thread already "
+            "runs an event loop, so it cannot be run here; use the asyncio executor"
+        )
+
+    async def invoke() -> Any:
+        return await step.invoke_async(value, ctx)
+
+    return asyncio.run(invoke())
+
+
+def run_job(job: Job, resolve: Callable[[], RunnableStep], ctx: Context) -> JobResult:
+    """Resolve the step and run its handler here, turning any failure into a `JobResult`."""
+    try:
+        output = run_step_sync(resolve(), job.input, ctx)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        # Also SystemExit and CancelledError: a handler must never take its thread down with it
+        # or leave its slot occupied; the attempt fails like any other.
+        return JobResult.from_exception(job.key, exc)
+    return JobResult.success(job.key, output)
+
+
+def deliver(on_done: OnDone, result: JobResult) -> None:
+    """Hand a result to the worker's callback; a failing callback is logged, never raised into
+    the executor's own threads (where nobody would see it)."""
+    try:
+        on_done(result)
+    except Exception:
+        logger.exception("the on_done callback failed for job %r", result.key)
