@@ -1,4 +1,8 @@
-"""Wake-ups: a thread that LISTENs for `pgflow_tasks` notifications and wakes the worker.
+"""Notifications: a thread that LISTENs on a channel and hands each payload to a callback.
+
+Workers use it for wake-ups on `pgflow_tasks` and, when event-sink plugins are installed, for
+the run and step events the SQL sends on `pgflow_events`.
+
 
 The SQL sends one notification per transaction and flow when tasks become visible (Postgres folds
 identical notifications of a transaction), so a fan-out of 100,000 tasks wakes a worker once.
@@ -20,27 +24,31 @@ from pgflow.errors import PgflowError
 
 logger = logging.getLogger("pgflow.worker")
 
-CHANNEL = "pgflow_tasks"
+TASKS_CHANNEL = "pgflow_tasks"
+EVENTS_CHANNEL = "pgflow_events"
 
 
-class TaskListener:
+class ChannelListener:
+    """Calls `on_payload(payload)` for every notification on `channel`, and `on_payload(None)`
+    whenever it (re)connects, since notifications sent meanwhile were lost."""
+
     def __init__(
         self,
         dsn: str,
-        flow_slugs: Collection[str],
-        wake: Callable[[], None],
+        channel: str,
+        on_payload: Callable[[str | None], None],
         *,
         check_interval: float = 1.0,
         max_backoff: float = 10.0,
     ) -> None:
         self.dsn = dsn
-        self.flow_slugs = {slug.lower() for slug in flow_slugs}
-        self.wake = wake
+        self.channel = channel
+        self.on_payload = on_payload
         self.check_interval = check_interval
         self.max_backoff = max_backoff
         self._stop = threading.Event()
         self._alive = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pgflow-listener", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"pgflow-{channel}", daemon=True)
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
 
     @property
@@ -68,7 +76,7 @@ class TaskListener:
                 logger.warning(
                     "listener lost its connection (%s); reconnecting", type(exc).__name__
                 )
-                self.wake()  # the worker polls meanwhile
+                self.on_payload(None)  # the worker polls meanwhile
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.max_backoff)
             finally:
@@ -77,14 +85,12 @@ class TaskListener:
     def _listen(self) -> None:
         conn = connect(self.dsn, autocommit=True)
         self._conn = conn
-        conn.execute(f"LISTEN {CHANNEL}")
+        conn.execute(f"LISTEN {self.channel}")
         self._alive.set()
-        # tasks may have become visible while we were not listening
-        self.wake()
+        self.on_payload(None)
         while not self._stop.is_set():
             for notify in conn.notifies(timeout=self.check_interval):
-                if notify.payload.lower() in self.flow_slugs:
-                    self.wake()
+                self.on_payload(notify.payload)
                 if self._stop.is_set():
                     return
             # no notification within the interval: make sure the connection still answers
@@ -95,3 +101,16 @@ class TaskListener:
         if conn is not None:
             with contextlib.suppress(psycopg.Error):
                 conn.close()
+
+
+def task_listener(
+    dsn: str, flow_slugs: Collection[str], wake: Callable[[], None]
+) -> ChannelListener:
+    """Wakes the worker when tasks of one of its flows become visible (and after reconnects)."""
+    slugs = {slug.lower() for slug in flow_slugs}
+
+    def on_payload(payload: str | None) -> None:
+        if payload is None or payload.lower() in slugs:
+            wake()
+
+    return ChannelListener(dsn, TASKS_CHANNEL, on_payload)

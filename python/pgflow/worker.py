@@ -34,14 +34,16 @@ from psycopg.types.json import Jsonb
 from pgflow.db import connect
 from pgflow.dsn import redact, resolve_dsn
 from pgflow.errors import PgflowError
+from pgflow.events import EventRelay
 from pgflow.executors.base import Executor, Job, JobResult
 from pgflow.flow import Flow, load_flow
-from pgflow.listener import TaskListener
+from pgflow.listener import ChannelListener, task_listener
 from pgflow.plugins import (
     create_executor,
     fire_worker_started,
     fire_worker_stopped,
     get_plugin_manager,
+    has_event_sinks,
 )
 from pgflow.reporter import Reporter
 from pgflow.run_inputs import RunInputCache
@@ -140,7 +142,8 @@ class Worker:
         self._input_conn: psycopg.Connection[Any] | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._executor: Executor | None = None
-        self._listener: TaskListener | None = None
+        self._listener: ChannelListener | None = None
+        self._events: EventRelay | None = None
         self._signals = 0
 
     # -- public API --------------------------------------------------------------------------
@@ -186,8 +189,11 @@ class Worker:
         )
         self._reporter.start()
         if self.listen:
-            self._listener = TaskListener(self.dsn, self.flows, self._wake.set)
+            self._listener = task_listener(self.dsn, self.flows, self._wake.set)
             self._listener.start()
+        if has_event_sinks():
+            self._events = EventRelay(self.dsn)
+            self._events.start()
         logger.info(
             "worker started: flows %s, executor %s x%d, batch %d, %s path, database %s",
             ", ".join(self.flows),
@@ -277,6 +283,8 @@ class Worker:
             self._reporter.close(timeout=5.0)
         if self._listener is not None:
             self._listener.stop()
+        if self._events is not None:
+            self._events.stop()
         if self._executor is not None:
             self._executor.kill()
         try:

@@ -1,0 +1,139 @@
+"""`pgflow db migrate` / `pgflow db status` and the command's error handling, run as a user would:
+the installed command in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+
+import psycopg.conninfo
+import pytest
+
+import pgflow
+from pgflow.migrate import load_migrations
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+SECRET = "s3cret-Pa55word"
+UNREACHABLE = f"postgresql://someone:{SECRET}@127.0.0.1:1/nowhere"
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The run failed with exactly one `error: ...` line, no traceback and no password."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert SECRET not in result.stderr + result.stdout
+    return lines[0]
+
+
+def test_migrate_then_status(empty_db_dsn: str, run_pgflow: Run) -> None:
+    labels = [m.label for m in load_migrations()]
+
+    first = run_pgflow("db", "migrate", "--dsn", empty_db_dsn)
+    assert first.returncode == 0, first.stderr
+    assert [line for line in first.stdout.splitlines() if line.startswith("applied ")] == [
+        f"applied {label}" for label in labels
+    ]
+    assert "installed pgmq" in first.stdout or "created extension pgmq" in first.stdout
+
+    again = run_pgflow("db", "migrate", "--dsn", empty_db_dsn)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[-1] == "up to date"
+    assert "applied " not in again.stdout
+
+    shown = run_pgflow("db", "status", "--dsn", empty_db_dsn)
+    assert shown.returncode == 0, shown.stderr
+    assert "(from --dsn)" in shown.stdout
+    assert f"migrations:  {len(labels)} applied, 0 pending" in shown.stdout
+    for label in labels:
+        assert f"  {label} " in shown.stdout
+    assert "pgmq:        1." in shown.stdout
+
+
+def test_status_of_a_fresh_database_lists_pending(empty_db_dsn: str, run_pgflow: Run) -> None:
+    shown = run_pgflow("db", "status", "--dsn", empty_db_dsn)
+    assert shown.returncode == 0, shown.stderr
+    assert "pgmq:        not installed" in shown.stdout
+    assert f"0 applied, {len(load_migrations())} pending" in shown.stdout
+    assert "pgflow db migrate" in shown.stdout
+
+
+def test_global_options_work_before_and_after_the_command(db_dsn: str, run_pgflow: Run) -> None:
+    before = run_pgflow("--dsn", db_dsn, "db", "status")
+    after = run_pgflow("db", "status", "--dsn", db_dsn)
+    assert before.returncode == after.returncode == 0, before.stderr + after.stderr
+    assert before.stdout == after.stdout
+
+
+def test_dsn_comes_from_pgflow_dsn_before_database_url(db_dsn: str, run_pgflow: Run) -> None:
+    shown = run_pgflow("db", "status", env={"PGFLOW_DSN": db_dsn, "DATABASE_URL": UNREACHABLE})
+    assert shown.returncode == 0, shown.stderr
+    assert "(from PGFLOW_DSN)" in shown.stdout
+
+    fallback = run_pgflow("db", "status", env={"DATABASE_URL": db_dsn})
+    assert fallback.returncode == 0, fallback.stderr
+    assert "(from DATABASE_URL)" in fallback.stdout
+
+
+def test_output_never_contains_the_password(db_dsn: str, run_pgflow: Run) -> None:
+    with_password = psycopg.conninfo.make_conninfo(db_dsn, password=SECRET)
+    shown = run_pgflow("db", "status", "--dsn", with_password)
+    if shown.returncode != 0 and "password" in shown.stderr:
+        pytest.skip("the test server checks passwords; this check needs trust authentication")
+    assert shown.returncode == 0, shown.stderr
+    assert SECRET not in shown.stdout + shown.stderr
+    assert "password=***" in shown.stdout
+
+
+def test_unreachable_server_is_one_error_line(run_pgflow: Run) -> None:
+    line = assert_one_error_line(run_pgflow("db", "status", "--dsn", UNREACHABLE))
+    assert "cannot connect to PostgreSQL at postgresql://someone:***@127.0.0.1:1/nowhere" in line
+
+
+def test_unreachable_server_from_env_is_one_error_line(run_pgflow: Run) -> None:
+    line = assert_one_error_line(run_pgflow("db", "migrate", env={"PGFLOW_DSN": UNREACHABLE}))
+    assert "cannot connect" in line
+
+
+@pytest.mark.parametrize(
+    "bad_dsn",
+    [
+        f"postgresql://someone:{SECRET}%zz@localhost/db",
+        f"host=localhost password={SECRET} nonsense",
+        f"postgresql://someone:{SECRET}@localhost/db?no_such_option=1",
+    ],
+)
+def test_malformed_dsn_is_one_error_line(bad_dsn: str, run_pgflow: Run) -> None:
+    line = assert_one_error_line(run_pgflow("db", "status", "--dsn", bad_dsn))
+    assert "invalid PostgreSQL connection string from --dsn" in line
+
+
+def test_debug_adds_the_traceback_but_not_the_password(run_pgflow: Run) -> None:
+    result = run_pgflow("--debug", "db", "status", "--dsn", UNREACHABLE)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "DatabaseUnavailable" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: cannot connect")
+    assert SECRET not in result.stderr
+
+
+def test_usage_errors_exit_2(run_pgflow: Run) -> None:
+    assert run_pgflow("db", "no-such-command").returncode == 2
+    assert run_pgflow().returncode == 2
+    assert run_pgflow("db", "status", "--no-such-option").returncode == 2
+
+
+def test_version(run_pgflow: Run) -> None:
+    result = run_pgflow("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"pgflow {pgflow.__version__}"
+
+
+def test_help_lists_the_db_commands(run_pgflow: Run) -> None:
+    result = run_pgflow("db", "--help")
+    assert result.returncode == 0
+    assert "migrate" in result.stdout
+    assert "status" in result.stdout
