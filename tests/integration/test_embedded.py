@@ -24,8 +24,15 @@ needs_embedded = pytest.mark.skipif(
 )
 
 
-def test_data_dir_defaults_to_the_user_data_dir() -> None:
+def test_data_dir_defaults_to_the_user_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert embedded.data_dir({}) == Path(platformdirs.user_data_dir("pgflow")) / "pgdata"
+
+
+def test_root_keeps_the_data_dir_out_of_its_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the server package opens every parent of the data directory to its system user
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert embedded.data_dir({}) == Path("/var/lib/pgflow/pgdata")
 
 
 def test_data_dir_can_be_overridden(tmp_path: Path) -> None:
