@@ -59,6 +59,10 @@ class ChannelListener:
     def start(self) -> None:
         self._thread.start()
 
+    def wait_alive(self, timeout: float) -> bool:
+        """Wait until the listener is connected and listening (False on timeout)."""
+        return self._alive.wait(timeout)
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=self.check_interval + 2)

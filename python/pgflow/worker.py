@@ -191,6 +191,8 @@ class Worker:
         if self.listen:
             self._listener = task_listener(self.dsn, self.flows, self._wake.set)
             self._listener.start()
+            # runs started right after `started` is set must not wait for the next poll
+            self._listener.wait_alive(timeout=5.0)
         if has_event_sinks():
             self._events = EventRelay(self.dsn)
             self._events.start()
