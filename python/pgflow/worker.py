@@ -219,6 +219,8 @@ class Worker:
         next_poll = 0.0
         more_work = True
         while not self._stopping.is_set():
+            # remember why we woke before clearing: a NOTIFY means there may be tasks to claim
+            woken = self._wake.is_set()
             self._wake.clear()
             now = time.monotonic()
             if now >= next_heartbeat:
@@ -233,7 +235,7 @@ class Worker:
                 self._flushed.clear()
                 more_work = True  # completions may have made new tasks ready
             free = self._executor.free_slots()
-            if free > 0 and (more_work or self._wake_pending() or now >= next_poll):
+            if free > 0 and (more_work or woken or now >= next_poll):
                 want = min(free, self.batch_size)
                 claimed = self._db(functools.partial(self._claim, want)) or 0
                 next_poll = time.monotonic() + self._poll_interval()
@@ -245,9 +247,6 @@ class Worker:
             timeout = max(0.0, next_poll - time.monotonic()) if free > 0 else self.poll_interval
             timeout = min(timeout, max(0.0, next_heartbeat - time.monotonic()))
             self._wake.wait(timeout)
-
-    def _wake_pending(self) -> bool:
-        return self._wake.is_set()
 
     def _poll_interval(self) -> float:
         # without a live listener nothing wakes us: poll more often
