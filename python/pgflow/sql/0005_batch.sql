@@ -194,10 +194,132 @@ begin
 end;
 $$;
 
+-- Whether events must be built at all: for Supabase's realtime.send, or for our NOTIFY when the
+-- database enables it (alter database ... set pgflow.events = 'on').
+create or replace function pgflow._events_enabled()
+returns boolean
+language sql
+stable
+set search_path = ''
+as $$
+  select to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null
+      or coalesce(current_setting('pgflow.events', true), '') = 'on';
+$$;
+
+-- Starts every ready step of the given runs and completes the runs that have nothing left, set
+-- by set. Only for runs whose ready steps need no condition check and have tasks: the caller
+-- sends every other run through _advance_run.
+create or replace function pgflow._advance_runs_bulk(p_run_ids uuid[], p_events boolean)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_group record;
+  v_ids bigint[];
+  v_state record;
+  v_run pgflow.runs;
+  v_wake text[];
+begin
+  if to_regclass('pg_temp.pgflow_new_steps') is null then
+    create temporary table pgflow_new_steps (
+      flow_slug text, run_id uuid, step_slug text, initial_tasks int, remaining_deps int,
+      started_at timestamptz, start_delay int, step_index int
+    ) on commit delete rows;
+  end if;
+  delete from pg_temp.pgflow_new_steps;
+
+  with started as (
+    update pgflow.step_states ss
+       set status = 'started', started_at = now(), remaining_tasks = ss.initial_tasks
+      from pgflow.runs r
+     where ss.run_id = any (p_run_ids) and r.run_id = ss.run_id and r.status = 'started'
+       and ss.status = 'created' and ss.remaining_deps = 0 and ss.initial_tasks > 0
+    returning ss.flow_slug, ss.run_id, ss.step_slug, ss.initial_tasks, ss.remaining_deps, ss.started_at
+  )
+  insert into pg_temp.pgflow_new_steps
+  select st.*, coalesce(s.opt_start_delay, 0), s.step_index
+    from started st join pgflow.steps s on s.flow_slug = st.flow_slug and s.step_slug = st.step_slug;
+
+  -- one message batch per flow and start delay; ids follow insertion order
+  for v_group in
+    select n.flow_slug, n.start_delay from pg_temp.pgflow_new_steps n group by n.flow_slug, n.start_delay
+  loop
+    select array_agg(m.id order by m.id) into v_ids
+      from pgmq.send_batch(
+        v_group.flow_slug,
+        array(
+          select jsonb_build_object('flow_slug', n.flow_slug, 'run_id', n.run_id,
+                                    'step_slug', n.step_slug, 'task_index', i)
+            from pg_temp.pgflow_new_steps n, generate_series(0, n.initial_tasks - 1) i
+           where n.flow_slug = v_group.flow_slug and n.start_delay = v_group.start_delay
+           order by n.run_id, n.step_slug, i),
+        v_group.start_delay) as m(id);
+    insert into pgflow.step_tasks (flow_slug, run_id, step_slug, task_index, message_id)
+    select t.flow_slug, t.run_id, t.step_slug, t.i, v_ids[t.ord]
+      from (
+        select n.flow_slug, n.run_id, n.step_slug, i,
+               row_number() over (order by n.run_id, n.step_slug, i) as ord
+          from pg_temp.pgflow_new_steps n, generate_series(0, n.initial_tasks - 1) i
+         where n.flow_slug = v_group.flow_slug and n.start_delay = v_group.start_delay
+      ) t;
+    if v_group.start_delay = 0 then
+      v_wake := v_wake || v_group.flow_slug;
+    end if;
+  end loop;
+
+  if p_events then
+    for v_state in select n.* from pg_temp.pgflow_new_steps n order by n.run_id, n.step_index loop
+      perform pgflow._emit(v_state.run_id, 'step:' || v_state.step_slug || ':started', jsonb_build_object(
+        'event_type', 'step:started',
+        'run_id', v_state.run_id,
+        'step_slug', v_state.step_slug,
+        'status', 'started',
+        'started_at', v_state.started_at,
+        'remaining_tasks', v_state.initial_tasks,
+        'remaining_deps', v_state.remaining_deps));
+    end loop;
+  end if;
+
+  for v_run in
+    update pgflow.runs r
+       set status = 'completed', completed_at = now(),
+           output = (
+             select jsonb_object_agg(ss.step_slug, ss.output)
+               from pgflow.step_states ss
+              where ss.run_id = r.run_id and ss.status = 'completed'
+                and not exists (
+                  select 1 from pgflow.deps d where d.flow_slug = ss.flow_slug and d.dep_slug = ss.step_slug))
+     where r.run_id = any (p_run_ids) and r.status = 'started' and r.remaining_steps = 0
+    returning r.*
+  loop
+    if p_events then
+      perform pgflow._emit(v_run.run_id, 'run:completed', jsonb_build_object(
+        'event_type', 'run:completed',
+        'run_id', v_run.run_id,
+        'flow_slug', v_run.flow_slug,
+        'status', 'completed',
+        'output', v_run.output,
+        'completed_at', v_run.completed_at));
+    end if;
+  end loop;
+
+  perform pgflow._notify_tasks(w) from (select distinct x as w from unnest(v_wake) x) f;
+end;
+$$;
+
 -- Reports many results in one transaction. Item i is a completion with outputs[i] when
--- error_messages[i] is NULL, otherwise a failure with that message. Equivalent to calling
--- complete_task / fail_task for each item in order, but completions that only count down a
--- step (the common case of map tasks) are applied together, with one counter update per step.
+-- error_messages[i] is NULL, otherwise a failure with that message. The outcome is the same as
+-- calling complete_task / fail_task for each item in order; most of the work is done set by
+-- set:
+--   * a run whose items are all completions of running tasks is completed set-based: tasks,
+--     step counters, step outputs, dependents, newly ready steps and finished runs, with one
+--     statement each for the whole batch. This is exact: nothing but a type violation or a
+--     condition with when_unmet 'fail' could end such a run halfway through its items, and runs
+--     where either could happen are left to the per-task path;
+--   * for other runs, the completions that only count a map step down and come before anything
+--     else of their run are applied set-based, the rest with complete_task / fail_task in order.
 -- Late, duplicate and foreign items are ignored one by one. Returns the number of items that
 -- took effect.
 create or replace function pgflow.report_tasks(
@@ -215,8 +337,14 @@ as $$
 declare
   v_n int := coalesce(cardinality(report_tasks.run_ids), 0);
   v_applied int := 0;
+  v_done int;
   v_item record;
   v_flow_msgs record;
+  v_events boolean := pgflow._events_enabled();
+  v_state record;
+  v_runs uuid[];
+  v_general uuid[];
+  v_run uuid;
 begin
   if coalesce(cardinality(report_tasks.step_slugs), 0) <> v_n
      or coalesce(cardinality(report_tasks.task_indexes), 0) <> v_n
@@ -239,10 +367,14 @@ begin
   if to_regclass('pg_temp.pgflow_report') is null then
     create temporary table pgflow_report (
       ord int, run_id uuid, step_slug text, task_index int, output jsonb, error_message text,
-      flow_slug text, message_id bigint, simple boolean
+      flow_slug text, message_id bigint, bulk boolean
+    ) on commit delete rows;
+    create temporary table pgflow_report_steps (
+      run_id uuid, step_slug text, flow_slug text, step_type text, initial_tasks int
     ) on commit delete rows;
   end if;
   delete from pg_temp.pgflow_report;
+  delete from pg_temp.pgflow_report_steps;
 
   insert into pg_temp.pgflow_report
   with items as (
@@ -255,7 +387,17 @@ begin
     select it.*, t.flow_slug, t.message_id, t.status as task_status, ss.status as step_status,
            ss.remaining_tasks, r.status as run_status, s.step_type,
            row_number() over (partition by it.run_id, it.step_slug, it.task_index order by it.ord) as dup_rank,
-           row_number() over (partition by it.run_id, it.step_slug order by it.ord) as step_rank
+           row_number() over (partition by it.run_id, it.step_slug order by it.ord) as step_rank,
+           -- a single step that feeds a map of unknown size must produce an array
+           (s.step_type = 'single' and jsonb_typeof(it.output) is distinct from 'array' and exists (
+              select 1 from pgflow.deps d
+                join pgflow.steps cs on cs.flow_slug = d.flow_slug and cs.step_slug = d.step_slug
+                join pgflow.step_states css on css.run_id = it.run_id and css.step_slug = d.step_slug
+               where d.flow_slug = t.flow_slug and d.dep_slug = it.step_slug
+                 and cs.step_type = 'map' and css.initial_tasks is null)) as may_violate,
+           exists (select 1 from pgflow.steps fs where fs.flow_slug = t.flow_slug and fs.when_unmet = 'fail'
+                     and (fs.required_input_pattern is not null or fs.forbidden_input_pattern is not null))
+             as may_fail_condition
       from items it
       left join pgflow.step_tasks t
         on t.run_id = it.run_id and t.step_slug = it.step_slug and t.task_index = it.task_index
@@ -263,39 +405,122 @@ begin
       left join pgflow.runs r on r.run_id = it.run_id
       left join pgflow.steps s on s.flow_slug = t.flow_slug and s.step_slug = it.step_slug
   ), classified as (
-    -- a simple item only counts its step down: a completion of a running task that is not the
-    -- last one its step waits for (single steps have one task, so they are never simple)
-    select f.*, (f.error_message is null and f.run_status = 'started' and f.step_status = 'started'
-                 and f.task_status = 'started' and f.dup_rank = 1 and f.step_type = 'map'
-                 and f.step_rank < f.remaining_tasks) as is_simple
+    select f.*,
+           (f.error_message is null and f.run_status = 'started' and f.step_status = 'started'
+            and f.task_status = 'started' and f.dup_rank = 1) as valid,
+           (f.error_message is null and f.run_status = 'started' and f.step_status = 'started'
+            and f.task_status = 'started' and f.dup_rank = 1 and f.step_type = 'map'
+            and f.step_rank < f.remaining_tasks) as counts_down
       from facts f
+  ), per_run as (
+    select c.*,
+           bool_and(c.valid and not c.may_violate and not c.may_fail_condition)
+             over (partition by c.run_id) as whole_run,
+           min(case when not c.counts_down then c.ord end) over (partition by c.run_id) as first_other
+      from classified c
   )
-  select c.ord, c.run_id, c.step_slug, c.task_index, c.output, c.error_message, c.flow_slug,
-         c.message_id,
-         -- only simple items before the first other item of their run may be applied early
-         c.is_simple and c.ord < coalesce(min(case when not c.is_simple then c.ord end)
-                                            over (partition by c.run_id), 2147483647)
-    from classified c;
+  select p.ord, p.run_id, p.step_slug, p.task_index, p.output, p.error_message, p.flow_slug,
+         p.message_id,
+         p.whole_run or (p.counts_down and p.ord < coalesce(p.first_other, 2147483647))
+    from per_run p;
 
+  -- tasks
   update pgflow.step_tasks t
      set status = 'completed', completed_at = now(), output = coalesce(x.output, 'null'::jsonb)
     from pg_temp.pgflow_report x
-   where x.simple and t.run_id = x.run_id and t.step_slug = x.step_slug and t.task_index = x.task_index;
+   where x.bulk and t.run_id = x.run_id and t.step_slug = x.step_slug and t.task_index = x.task_index;
   get diagnostics v_applied = row_count;
-
-  update pgflow.step_states ss set remaining_tasks = ss.remaining_tasks - g.n
-    from (select x.run_id, x.step_slug, count(*)::int as n from pg_temp.pgflow_report x
-           where x.simple group by x.run_id, x.step_slug) g
-   where ss.run_id = g.run_id and ss.step_slug = g.step_slug;
 
   for v_flow_msgs in
     select x.flow_slug, array_agg(x.message_id) as ids from pg_temp.pgflow_report x
-     where x.simple and x.message_id is not null group by x.flow_slug
+     where x.bulk and x.message_id is not null group by x.flow_slug
   loop
     perform pgflow._archive_messages(v_flow_msgs.flow_slug, v_flow_msgs.ids);
   end loop;
 
-  for v_item in select x.* from pg_temp.pgflow_report x where not x.simple order by x.ord loop
+  -- step counters; the steps that reach zero complete
+  with counted as (
+    update pgflow.step_states ss set remaining_tasks = ss.remaining_tasks - g.n
+      from (select x.run_id, x.step_slug, count(*)::int as n from pg_temp.pgflow_report x
+             where x.bulk group by x.run_id, x.step_slug) g
+     where ss.run_id = g.run_id and ss.step_slug = g.step_slug
+    returning ss.run_id, ss.step_slug, ss.flow_slug, ss.remaining_tasks, ss.initial_tasks
+  )
+  insert into pg_temp.pgflow_report_steps
+  select c.run_id, c.step_slug, c.flow_slug, s.step_type, c.initial_tasks
+    from counted c join pgflow.steps s on s.flow_slug = c.flow_slug and s.step_slug = c.step_slug
+   where c.remaining_tasks = 0;
+  get diagnostics v_done = row_count;
+
+  if v_done > 0 then
+    update pgflow.step_states ss
+       set status = 'completed', completed_at = now(),
+           output = case
+             when d.step_type = 'map' then (
+               select jsonb_agg(t.output order by t.task_index) from pgflow.step_tasks t
+                where t.run_id = d.run_id and t.step_slug = d.step_slug)
+             else (select t.output from pgflow.step_tasks t
+                    where t.run_id = d.run_id and t.step_slug = d.step_slug and t.task_index = 0) end
+      from pg_temp.pgflow_report_steps d
+     where ss.run_id = d.run_id and ss.step_slug = d.step_slug;
+
+    -- dependents lose one dependency per completed parent; a dependent map learns its size
+    update pgflow.step_states child
+       set remaining_deps = child.remaining_deps - e.n,
+           initial_tasks = coalesce(child.initial_tasks, e.map_size)
+      from (
+        select d.run_id, dep.step_slug, count(*)::int as n,
+               max(case when cs.step_type <> 'map' then null
+                        when d.step_type = 'map' then d.initial_tasks
+                        when jsonb_typeof(ps.output) = 'array' then jsonb_array_length(ps.output)
+                        else 0 end) as map_size
+          from pg_temp.pgflow_report_steps d
+          join pgflow.deps dep on dep.flow_slug = d.flow_slug and dep.dep_slug = d.step_slug
+          join pgflow.steps cs on cs.flow_slug = dep.flow_slug and cs.step_slug = dep.step_slug
+          join pgflow.step_states ps on ps.run_id = d.run_id and ps.step_slug = d.step_slug
+         group by d.run_id, dep.step_slug
+      ) e
+     where child.run_id = e.run_id and child.step_slug = e.step_slug and child.status = 'created';
+
+    update pgflow.runs r set remaining_steps = r.remaining_steps - g.n
+      from (select d.run_id, count(*)::int as n from pg_temp.pgflow_report_steps d group by d.run_id) g
+     where r.run_id = g.run_id;
+
+    if v_events then
+      for v_state in
+        select ss.run_id, ss.step_slug, ss.output, ss.completed_at
+          from pg_temp.pgflow_report_steps d
+          join pgflow.step_states ss on ss.run_id = d.run_id and ss.step_slug = d.step_slug
+          join pgflow.steps s on s.flow_slug = d.flow_slug and s.step_slug = d.step_slug
+         order by d.run_id, s.step_index
+      loop
+        perform pgflow._emit(v_state.run_id, 'step:' || v_state.step_slug || ':completed', jsonb_build_object(
+          'event_type', 'step:completed',
+          'run_id', v_state.run_id,
+          'step_slug', v_state.step_slug,
+          'status', 'completed',
+          'output', v_state.output,
+          'completed_at', v_state.completed_at));
+      end loop;
+    end if;
+
+    -- move the runs on: set by set where no ready step needs a condition check or has no tasks
+    select array_agg(distinct d.run_id) into v_runs from pg_temp.pgflow_report_steps d;
+    select array_agg(distinct ss.run_id) into v_general
+      from pgflow.step_states ss
+      join pgflow.steps s on s.flow_slug = ss.flow_slug and s.step_slug = ss.step_slug
+     where ss.run_id = any (v_runs) and ss.status = 'created' and ss.remaining_deps = 0
+       and (ss.initial_tasks = 0 or s.required_input_pattern is not null
+            or s.forbidden_input_pattern is not null);
+    v_general := coalesce(v_general, '{}');
+    foreach v_run in array v_general loop
+      perform pgflow._advance_run(v_run);
+    end loop;
+    perform pgflow._advance_runs_bulk(
+      array(select r from unnest(v_runs) r where not (r = any (v_general))), v_events);
+  end if;
+
+  for v_item in select x.* from pg_temp.pgflow_report x where not x.bulk order by x.ord loop
     if v_item.error_message is null then
       perform 1 from pgflow.complete_task(v_item.run_id, v_item.step_slug, v_item.task_index,
                                           coalesce(v_item.output, 'null'::jsonb));
