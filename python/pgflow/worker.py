@@ -310,7 +310,13 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                return connect(self.dsn, autocommit=True, prepare_threshold=None)
+                conn = connect(self.dsn, autocommit=True, prepare_threshold=None)
+                # Claims, heartbeats and requeues need not wait for the WAL flush: if the server
+                # crashes before a claim is durable, the task is simply claimed again after its
+                # visibility timeout. Results go through the reporter's connection, which keeps
+                # synchronous commit, so no completion is ever acknowledged and then lost.
+                conn.execute("set synchronous_commit = off")
+                return conn
             except PgflowError as exc:
                 if self._stopping.is_set() or not self._started.is_set():
                     raise
