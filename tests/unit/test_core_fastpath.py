@@ -1,0 +1,100 @@
+"""Selection between the Rust core and its twin, and the stub matching the built module."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pgflow
+from pgflow import codec, core_errors, fastpath
+
+_core = pytest.importorskip("pgflow._core")
+
+FUNCTIONS = [
+    "assemble_and_decode",
+    "assemble_inputs",
+    "decode_many",
+    "encode_outputs",
+    "encode_value",
+]
+CONSTANTS = ["MAX_DEPTH", "MODE_DEPS", "MODE_FLOW_INPUT", "MODE_MAP"]
+
+
+@pytest.fixture
+def reload_fastpath(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    yield monkeypatch
+    monkeypatch.undo()
+    importlib.reload(fastpath)
+
+
+def test_rust_is_used_when_built(reload_fastpath: pytest.MonkeyPatch) -> None:
+    reload_fastpath.delenv("PGFLOW_NO_RUST", raising=False)
+    module = importlib.reload(fastpath)
+    assert module.RUST_AVAILABLE
+    assert module.use_rust()
+    assert module.IMPLEMENTATION == "rust"
+    for name in FUNCTIONS:
+        assert getattr(module, name) is getattr(_core, name)
+
+
+def test_env_forces_the_twin(reload_fastpath: pytest.MonkeyPatch) -> None:
+    reload_fastpath.setenv("PGFLOW_NO_RUST", "1")
+    module = importlib.reload(fastpath)
+    assert module.RUST_AVAILABLE
+    assert not module.use_rust()
+    assert module.IMPLEMENTATION == "python"
+    for name in FUNCTIONS:
+        assert getattr(module, name) is getattr(codec, name)
+
+
+def test_constants_agree() -> None:
+    for name in CONSTANTS:
+        assert getattr(_core, name) == getattr(codec, name) == getattr(fastpath, name)
+    assert (_core.MODE_FLOW_INPUT, _core.MODE_DEPS, _core.MODE_MAP) == (0, 1, 2)
+
+
+def stub_names() -> set[str]:
+    stub = Path(pgflow.__file__).with_name("_core.pyi")
+    tree = ast.parse(stub.read_text(encoding="utf-8"))
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def test_stub_matches_the_built_module() -> None:
+    public = {name for name in dir(_core) if not name.startswith("_")} | {"__version__"}
+    assert stub_names() == public
+    assert set(FUNCTIONS) | set(CONSTANTS) | {"__version__"} == public
+
+
+def test_twin_has_the_same_signatures() -> None:
+    for name in FUNCTIONS:
+        rust_params = list(inspect.signature(getattr(_core, name)).parameters)
+        twin_params = list(inspect.signature(getattr(codec, name)).parameters)
+        assert rust_params == twin_params, name
+
+
+def test_rust_raises_the_shared_classes() -> None:
+    with pytest.raises(core_errors.InvalidJson) as info:
+        _core.decode_many(["{"])
+    assert type(info.value) is core_errors.InvalidJson
+    with pytest.raises(core_errors.UnencodableValue) as encode_info:
+        _core.encode_value(object())
+    assert type(encode_info.value) is core_errors.UnencodableValue
+
+
+def test_errors_survive_pickling() -> None:
+    import pickle
+
+    error = core_errors.UnencodableValue("boom", path="$.a", type_name="set", position=3)
+    copy = pickle.loads(pickle.dumps(error))
+    assert (str(copy), copy.path, copy.type_name, copy.position) == ("boom", "$.a", "set", 3)
