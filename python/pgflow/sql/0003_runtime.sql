@@ -679,12 +679,14 @@ begin
   end if;
 
   with claimable as (
+    -- driven by the message ids, so that each task is one index lookup whatever the
+    -- statistics say about the size of its run
     select t.run_id, t.step_slug, t.task_index
-      from pgflow.step_tasks t
+      from unnest(start_tasks.msg_ids) as m(id)
+      join pgflow.step_tasks t on t.flow_slug = v_slug and t.message_id = m.id
       join pgflow.runs r on r.run_id = t.run_id
       join pgflow.step_states ss on ss.run_id = t.run_id and ss.step_slug = t.step_slug
-     where t.flow_slug = v_slug and t.message_id = any (start_tasks.msg_ids)
-       and t.status = 'queued' and r.status = 'started' and ss.status = 'started'
+     where t.status = 'queued' and r.status = 'started' and ss.status = 'started'
      for update of t
   ), claimed as (
     update pgflow.step_tasks t

@@ -95,12 +95,21 @@ begin
   delete from pg_temp.pgflow_claim;
 
   with claimable as (
+    -- driven by the message ids, so that each task is one index lookup whatever the
+    -- statistics say about the size of its run
+    -- one index lookup per message whatever the statistics say (offset 0 keeps the planner
+    -- from turning the lookups into a hash join over the whole table after a burst of inserts)
     select t.run_id, t.step_slug, t.task_index
-      from pgflow.step_tasks t
+      from unnest(v_msg_ids) as m(id)
+      cross join lateral (
+        select t.* from pgflow.step_tasks t
+         where t.flow_slug = v_slug and t.message_id = m.id and t.status = 'queued' offset 0
+      ) x
+      join pgflow.step_tasks t
+        on t.run_id = x.run_id and t.step_slug = x.step_slug and t.task_index = x.task_index
       join pgflow.runs r on r.run_id = t.run_id
       join pgflow.step_states ss on ss.run_id = t.run_id and ss.step_slug = t.step_slug
-     where t.flow_slug = v_slug and t.message_id = any (v_msg_ids)
-       and t.status = 'queued' and r.status = 'started' and ss.status = 'started'
+     where r.status = 'started' and ss.status = 'started'
      for update of t
   ), claimed as (
     update pgflow.step_tasks t
@@ -147,7 +156,9 @@ begin
         from pgflow.step_states ps
        where ps.run_id = v_parent.run_id and ps.step_slug = v_parent.dep_slug;
     else
-      select ps.output into v_array from pgflow.step_states ps
+      -- `|| '[]'` makes one decompressed copy; element lookups on the stored (compressed)
+      -- value would decompress the whole array for every element
+      select ps.output || '[]'::jsonb into v_array from pgflow.step_states ps
        where ps.run_id = v_parent.run_id and ps.step_slug = v_parent.dep_slug;
       update pg_temp.pgflow_claim c set payload = coalesce((v_array -> c.task_index)::text, 'null')
        where c.run_id = v_parent.run_id and c.step_slug = v_parent.step_slug;
@@ -399,9 +410,17 @@ begin
                      and (fs.required_input_pattern is not null or fs.forbidden_input_pattern is not null))
              as may_fail_condition
       from items it
-      left join pgflow.step_tasks t
-        on t.run_id = it.run_id and t.step_slug = it.step_slug and t.task_index = it.task_index
-      left join pgflow.step_states ss on ss.run_id = it.run_id and ss.step_slug = it.step_slug
+      -- lookups by primary key, one per item (offset 0: see claim_tasks)
+      left join lateral (
+        select t.flow_slug, t.message_id, t.status from pgflow.step_tasks t
+         where t.run_id = it.run_id and t.step_slug = it.step_slug and t.task_index = it.task_index
+        offset 0
+      ) t on true
+      left join lateral (
+        select ss.status, ss.remaining_tasks from pgflow.step_states ss
+         where ss.run_id = it.run_id and ss.step_slug = it.step_slug
+        offset 0
+      ) ss on true
       left join pgflow.runs r on r.run_id = it.run_id
       left join pgflow.steps s on s.flow_slug = t.flow_slug and s.step_slug = it.step_slug
   ), classified as (
@@ -428,7 +447,8 @@ begin
   update pgflow.step_tasks t
      set status = 'completed', completed_at = now(), output = coalesce(x.output, 'null'::jsonb)
     from pg_temp.pgflow_report x
-   where x.bulk and t.run_id = x.run_id and t.step_slug = x.step_slug and t.task_index = x.task_index;
+   where x.bulk and t.run_id = x.run_id and t.step_slug = x.step_slug and t.task_index = x.task_index
+     and t.flow_slug = x.flow_slug and t.message_id = x.message_id;
   get diagnostics v_applied = row_count;
 
   for v_flow_msgs in
@@ -535,3 +555,4 @@ begin
   return v_applied;
 end;
 $$;
+
