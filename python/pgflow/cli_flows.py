@@ -402,8 +402,9 @@ def register_cancel(commands: Subparsers) -> None:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     with Client(args.dsn) as client:
-        status = client.cancel(args.run_id)
-    if status == "cancelled":
+        before = client.status(args.run_id)
+        status = client.cancel(args.run_id) if before == "started" else before
+    if before == "started" and status == "cancelled":
         print(f"run {args.run_id} cancelled")
     else:
         print(f"run {args.run_id} had already finished ({status}); nothing to cancel")

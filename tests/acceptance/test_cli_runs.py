@@ -1,0 +1,272 @@
+"""Inspecting and cancelling runs from the command line: `pgflow runs list|show`,
+`pgflow flows list|show` and `pgflow cancel`, against runs that real worker subprocesses
+executed."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from acceptance_flows import (
+    FAILURE_TEXT,
+    WorkerPool,
+    basic_output,
+    gated_input,
+    gated_output,
+    start_run,
+    task_counts,
+    wait_for_run,
+    wait_for_started_tasks,
+)
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def workers(db_dsn: str, tmp_path: Path) -> Iterator[WorkerPool]:
+    pool = WorkerPool(db_dsn, tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@dataclass
+class Runs:
+    completed: str
+    failed: str
+    waiting: str
+
+
+@pytest.fixture
+def runs(workers: WorkerPool, conn: Conn) -> Runs:
+    """One completed, one failed and one still started run (of a flow no worker serves)."""
+    worker = workers.start(
+        ["acceptance_flows:basic", "acceptance_flows:failing"], "--concurrency", "2", conn=conn
+    )
+    completed = start_run(conn, "acc_basic", {"n": 4})
+    assert wait_for_run(conn, completed, details=worker.describe) == ("completed", basic_output(4))
+    failed = start_run(conn, "acc_failing", {})
+    assert wait_for_run(conn, failed, details=worker.describe)[0] == "failed"
+    conn.execute("select pgflow.create_flow('acc_idle')")
+    conn.execute("select pgflow.add_step('acc_idle', 'only')")
+    waiting = start_run(conn, "acc_idle", {})
+    return Runs(completed=completed, failed=failed, waiting=waiting)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    return result.stdout
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def listed(stdout: str) -> dict[str, list[str]]:
+    """run_id -> the other columns of `pgflow runs list`."""
+    rows: dict[str, list[str]] = {}
+    for line in stdout.splitlines()[1:]:
+        run_id, flow, status, *rest = line.split()
+        rows[run_id] = [flow, status, " ".join(rest)]
+    return rows
+
+
+# -- runs list ------------------------------------------------------------------------------------
+
+
+def test_runs_list_of_an_empty_database(db_dsn: str, run_pgflow: Run) -> None:
+    assert ok(run_pgflow("runs", "list", "--dsn", db_dsn)).strip() == "no runs"
+
+
+def test_runs_list_shows_every_run_newest_first(runs: Runs, db_dsn: str, run_pgflow: Run) -> None:
+    stdout = ok(run_pgflow("runs", "list", "--dsn", db_dsn))
+    assert stdout.splitlines()[0].split() == ["run_id", "flow", "status", "started", "duration"]
+    rows = listed(stdout)
+    assert list(rows) == [runs.waiting, runs.failed, runs.completed]
+    assert rows[runs.completed][:2] == ["acc_basic", "completed"]
+    assert rows[runs.failed][:2] == ["acc_failing", "failed"]
+    assert rows[runs.waiting][:2] == ["acc_idle", "started"]
+    assert rows[runs.waiting][2].endswith("running")
+    assert re.search(r"\d+(\.\d+)? (ms|s)$", rows[runs.completed][2])
+
+
+def test_runs_list_filters(runs: Runs, db_dsn: str, run_pgflow: Run) -> None:
+    by_status = listed(ok(run_pgflow("runs", "list", "--status", "failed", "--dsn", db_dsn)))
+    assert list(by_status) == [runs.failed]
+    by_flow = listed(ok(run_pgflow("runs", "list", "--flow", "acc_basic", "--dsn", db_dsn)))
+    assert list(by_flow) == [runs.completed]
+    newest = listed(ok(run_pgflow("runs", "list", "--limit", "1", "--dsn", db_dsn)))
+    assert list(newest) == [runs.waiting]
+    assert run_pgflow("runs", "list", "--status", "bogus", "--dsn", db_dsn).returncode == 2
+
+
+# -- runs show ------------------------------------------------------------------------------------
+
+
+def test_runs_show_draws_the_steps_as_a_tree(runs: Runs, db_dsn: str, run_pgflow: Run) -> None:
+    lines = ok(run_pgflow("runs", "show", runs.completed, "--dsn", db_dsn)).splitlines()
+    assert re.fullmatch(
+        rf"run {runs.completed}  flow acc_basic  completed  \d+(\.\d+)? m?s", lines[0]
+    ), lines
+    assert re.fullmatch(
+        r"└─ double  \[single\]  completed  tasks 1/1  attempts 1  \S+ m?s", lines[1]
+    ), lines
+    assert re.fullmatch(
+        r"   └─ add_one  \[single\]  completed  tasks 1/1  attempts 1  \S+ m?s", lines[2]
+    ), lines
+    assert len(lines) == 3
+
+
+def test_runs_show_reports_errors_and_attempts(runs: Runs, db_dsn: str, run_pgflow: Run) -> None:
+    lines = ok(run_pgflow("runs", "show", runs.failed, "--dsn", db_dsn)).splitlines()
+    assert lines[0].startswith(f"run {runs.failed}  flow acc_failing  failed  ")
+    assert lines[1].startswith("error: ") and FAILURE_TEXT in lines[1]
+    assert re.fullmatch(r"└─ explode  \[single\]  failed  tasks 1/1  attempts 2  .*", lines[2])
+    details = lines[3:]
+    assert any(d.strip().startswith("error: ") and FAILURE_TEXT in d for d in details), lines
+    assert any(
+        d.strip() == f"task 0 (failed, attempt 2): ValueError: {FAILURE_TEXT}" for d in details
+    ), lines
+
+
+def test_runs_show_of_a_started_run(runs: Runs, db_dsn: str, run_pgflow: Run) -> None:
+    lines = ok(run_pgflow("runs", "show", runs.waiting, "--dsn", db_dsn)).splitlines()
+    assert lines[0] == f"run {runs.waiting}  flow acc_idle  started  running"
+    assert re.fullmatch(r"└─ only  \[single\]  started  tasks 0/1  attempts 0  running", lines[1])
+
+
+def test_runs_show_json(runs: Runs, db_dsn: str, run_pgflow: Run) -> None:
+    shown = json.loads(ok(run_pgflow("runs", "show", runs.failed, "--json", "--dsn", db_dsn)))
+    assert shown["run_id"] == runs.failed
+    assert shown["status"] == "failed"
+    assert FAILURE_TEXT in shown["error_message"]
+    (step,) = shown["steps"]
+    assert (step["step_slug"], step["status"]) == ("explode", "failed")
+    (task,) = step["tasks"]
+    assert (task["status"], task["attempts_count"]) == ("failed", 2)
+
+    done = json.loads(ok(run_pgflow("runs", "show", runs.completed, "--json", "--dsn", db_dsn)))
+    assert done["output"] == basic_output(4)
+    assert [s["step_slug"] for s in done["steps"]] == ["double", "add_one"]
+
+
+def test_runs_show_of_an_unknown_run_is_one_error_line(db_dsn: str, run_pgflow: Run) -> None:
+    missing = "00000000-0000-4000-8000-000000000000"
+    line = assert_one_error_line(run_pgflow("runs", "show", missing, "--dsn", db_dsn))
+    assert f"run {missing} does not exist" in line
+    line = assert_one_error_line(run_pgflow("runs", "show", "not-a-run-id", "--dsn", db_dsn))
+    assert "not-a-run-id" in line
+
+
+# -- flows ----------------------------------------------------------------------------------------
+
+
+def test_flows_list_of_an_empty_database(db_dsn: str, run_pgflow: Run) -> None:
+    stdout = ok(run_pgflow("flows", "list", "--dsn", db_dsn))
+    assert stdout.startswith("no flows")
+
+
+def test_flows_list_and_show(runs: Runs, db_dsn: str, run_pgflow: Run) -> None:
+    lines = ok(run_pgflow("flows", "list", "--dsn", db_dsn)).splitlines()
+    assert lines[0].split() == ["flow", "steps", "runs", "created"]
+    rows = {line.split()[0]: line.split()[1:3] for line in lines[1:]}
+    assert rows == {"acc_basic": ["2", "1"], "acc_failing": ["1", "1"], "acc_idle": ["1", "1"]}
+
+    shown = ok(run_pgflow("flows", "show", "acc_basic", "--dsn", db_dsn)).splitlines()
+    assert shown == [
+        "flow acc_basic: max_attempts 2, base_delay 1s, timeout 30s",
+        "  double [single]  attempts 2, base_delay 1s, timeout 30s",
+        "  add_one [single] after double  attempts 2, base_delay 1s, timeout 10s",
+    ]
+
+
+def test_flows_show_of_an_unknown_flow_is_one_error_line(db_dsn: str, run_pgflow: Run) -> None:
+    line = assert_one_error_line(run_pgflow("flows", "show", "no_such_flow", "--dsn", db_dsn))
+    assert "'no_such_flow' does not exist" in line
+    assert "pgflow flows list" in line
+
+
+# -- cancel ---------------------------------------------------------------------------------------
+
+
+def test_cancel_a_started_run_and_ignore_its_late_results(
+    workers: WorkerPool, conn: Conn, db_dsn: str, run_pgflow: Run, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    worker = workers.start(["acceptance_flows:gated"], "--concurrency", "2", conn=conn)
+    run_id = start_run(conn, "acc_gated", gated_input(gate, 4))
+    wait_for_started_tasks(conn, run_id, 2, details=worker.describe)
+
+    assert ok(run_pgflow("cancel", run_id, "--dsn", db_dsn)).strip() == f"run {run_id} cancelled"
+    assert task_counts(conn, run_id) == {"cancelled": 4}
+
+    # The two handlers still running now finish; their results reach the database before those
+    # of the next run, which can only be claimed once their slots are free.
+    gate.touch()
+    after = run_pgflow(
+        "start",
+        "acc_gated",
+        "--input",
+        json.dumps(gated_input(gate, 2)),
+        "--wait",
+        "--timeout",
+        "60",
+        "--dsn",
+        db_dsn,
+    )
+    assert after.returncode == 0, after.stderr + worker.describe()
+    assert json.loads(after.stdout) == gated_output(2)
+
+    run = conn.execute(
+        "select status, output, cancelled_at is not null, completed_at from pgflow.runs "
+        "where run_id = %s",
+        (run_id,),
+    ).fetchone()
+    assert run == ("cancelled", None, True, None)
+    tasks = conn.execute(
+        "select distinct status, output, completed_at from pgflow.step_tasks where run_id = %s",
+        (run_id,),
+    ).fetchall()
+    assert tasks == [("cancelled", None, None)]
+    assert worker.alive(), worker.describe()
+
+    listed_runs = listed(ok(run_pgflow("runs", "list", "--status", "cancelled", "--dsn", db_dsn)))
+    assert list(listed_runs) == [run_id]
+
+
+def test_cancel_an_unknown_run_is_one_error_line(db_dsn: str, run_pgflow: Run) -> None:
+    missing = "00000000-0000-4000-8000-000000000000"
+    line = assert_one_error_line(run_pgflow("cancel", missing, "--dsn", db_dsn))
+    assert missing in line
+    assert "does not exist" in line
+
+
+def test_cancelling_a_finished_run_changes_nothing(
+    runs: Runs, conn: Conn, db_dsn: str, run_pgflow: Run
+) -> None:
+    said = ok(run_pgflow("cancel", runs.completed, "--dsn", db_dsn)).strip()
+    assert said == f"run {runs.completed} had already finished (completed); nothing to cancel"
+    assert conn.execute(
+        "select status, cancelled_at from pgflow.runs where run_id = %s", (runs.completed,)
+    ).fetchone() == ("completed", None)
+
+
+def test_cancelling_a_cancelled_run_says_there_is_nothing_to_cancel(
+    runs: Runs, db_dsn: str, run_pgflow: Run
+) -> None:
+    ok(run_pgflow("cancel", runs.waiting, "--dsn", db_dsn))
+    again = ok(run_pgflow("cancel", runs.waiting, "--dsn", db_dsn)).strip()
+    assert again == f"run {runs.waiting} had already finished (cancelled); nothing to cancel"
