@@ -50,14 +50,17 @@ class EventRelay:
         self._thread.start()
         self._listener.start()
 
+    def request_stop(self) -> None:
+        self._listener.request_stop()
+
     def stop(self) -> None:
         self._listener.stop()
         self._queue.put(None)
         self._thread.join(timeout=5)
 
     def _on_payload(self, payload: str | None) -> None:
-        if payload is None:
-            return
+        if not payload:
+            return  # a reconnect, or the worker waking us to stop
         event = parse_event(payload)
         if event is None:
             return

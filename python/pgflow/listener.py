@@ -63,6 +63,10 @@ class ChannelListener:
         """Wait until the listener is connected and listening (False on timeout)."""
         return self._alive.wait(timeout)
 
+    def request_stop(self) -> None:
+        """Ask the thread to stop at its next wake-up (see `stop`)."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=self.check_interval + 2)

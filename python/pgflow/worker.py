@@ -15,6 +15,7 @@ puts back in the queue.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -279,9 +280,22 @@ class Worker:
                 max(len(unfinished), len(self._in_flight)),
             )
 
+    def _poke_listeners(self) -> None:
+        """Wake the listener threads so they see the stop now, not at their next check."""
+        if self._conn is None or self._conn.closed:
+            return
+        with contextlib.suppress(psycopg.Error):
+            self._conn.execute(
+                "select pg_notify('pgflow_tasks', ''), pg_notify('pgflow_events', '')"
+            )
+
     def _shutdown(self) -> None:
         if self._reporter is not None and self._signals < 2:
             self._reporter.close(timeout=5.0)
+        for listener in (self._listener, self._events):
+            if listener is not None:
+                listener.request_stop()
+        self._poke_listeners()
         if self._listener is not None:
             self._listener.stop()
         if self._events is not None:
@@ -485,11 +499,11 @@ class Worker:
                     )
                 elif result.timed_out:
                     logger.warning(
-                        "task %s/%s[%d] timed out; if its handler is still running, it could not "
-                        "be stopped (only the process executor can stop a handler)",
+                        "task %s/%s[%d] exceeded its timeout on the %s executor",
                         run_id,
                         step_slug,
                         task_index,
+                        self.executor_name,
                     )
                 self._pending.append(
                     Outcome(

@@ -116,6 +116,39 @@ class _Child:
         return True
 
 
+class _SharedFlag:
+    """A shutdown signal shared with the children that never blocks the setter.
+
+    `multiprocessing.Event.set()` waits until every process sleeping on the event has woken up,
+    so a child terminated while waiting on it (at its timeout, say) would hang the executor's
+    shutdown forever. This flag is one shared byte: setting it is a plain write, and waiting
+    polls it.
+    """
+
+    _POLL = 0.05
+
+    def __init__(self, mp: Any) -> None:
+        self._value = mp.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            if deadline is None:
+                time.sleep(self._POLL)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self._POLL, left))
+        return True
+
+
 class ProcessExecutor(Executor):
     """Runs up to `concurrency` handlers at once, each in its own child process."""
 
@@ -137,7 +170,7 @@ class ProcessExecutor(Executor):
         self._children: list[_Child] = []
         self._idle: list[_Child] = []
         self._numbers = itertools.count(1)
-        self._shutdown_signal = self._mp.Event()
+        self._shutdown_signal = _SharedFlag(self._mp)
         # A pipe that wakes the manager from its wait; created by start().
         self._wake_read = self._wake_write = -1
         self._manager: threading.Thread | None = None
