@@ -48,7 +48,7 @@ class BenchError(PgflowError):
 class BenchSettings:
     workers: int = 1
     executor: str = "thread"
-    concurrency: int = 100
+    concurrency: int = 500
     batch_size: int = 500
     per_task: bool = False
     no_rust: bool = False

@@ -86,13 +86,20 @@ begin
     return;
   end if;
 
+  -- Scratch tables of this session. They keep their rows past commit and are emptied here
+  -- instead: ON COMMIT DELETE ROWS truncates the files at every commit, which cost 1.5 ms per
+  -- call. Deleted rows leave space behind that only TRUNCATE gives back, hence the size check.
   if to_regclass('pg_temp.pgflow_claim') is null then
     create temporary table pgflow_claim (
       msg_id bigint, run_id uuid, step_slug text, task_index int, attempt int,
       step_type text, deps_count int, payload text
-    ) on commit delete rows;
+    ) on commit preserve rows;
   end if;
-  delete from pg_temp.pgflow_claim;
+  if pg_relation_size('pg_temp.pgflow_claim') > 1048576 then
+    truncate pg_temp.pgflow_claim;
+  else
+    delete from pg_temp.pgflow_claim;
+  end if;
 
   with claimable as (
     -- driven by the message ids, so that each task is one index lookup whatever the
@@ -237,9 +244,13 @@ begin
     create temporary table pgflow_new_steps (
       flow_slug text, run_id uuid, step_slug text, initial_tasks int, remaining_deps int,
       started_at timestamptz, start_delay int, step_index int
-    ) on commit delete rows;
+    ) on commit preserve rows;
   end if;
-  delete from pg_temp.pgflow_new_steps;
+  if pg_relation_size('pg_temp.pgflow_new_steps') > 1048576 then
+    truncate pg_temp.pgflow_new_steps;
+  else
+    delete from pg_temp.pgflow_new_steps;
+  end if;
 
   with started as (
     update pgflow.step_states ss
@@ -368,6 +379,18 @@ begin
   if v_n = 0 then
     return 0;
   end if;
+  if v_n = 1 then
+    -- one result (a chain of steps, say): the per-task function does the same work with less
+    -- set-up, which keeps the latency of a hop low
+    if report_tasks.error_messages is null or report_tasks.error_messages[1] is null then
+      perform 1 from pgflow.complete_task(report_tasks.run_ids[1], report_tasks.step_slugs[1],
+        report_tasks.task_indexes[1], coalesce(report_tasks.outputs -> 0, 'null'::jsonb));
+    else
+      perform 1 from pgflow.fail_task(report_tasks.run_ids[1], report_tasks.step_slugs[1],
+        report_tasks.task_indexes[1], report_tasks.error_messages[1]);
+    end if;
+    return case when found then 1 else 0 end;
+  end if;
 
   -- the usual lock order, and always the same order between concurrent batches
   perform 1 from pgflow.runs r
@@ -379,13 +402,21 @@ begin
     create temporary table pgflow_report (
       ord int, run_id uuid, step_slug text, task_index int, output jsonb, error_message text,
       flow_slug text, message_id bigint, bulk boolean
-    ) on commit delete rows;
+    ) on commit preserve rows;
     create temporary table pgflow_report_steps (
       run_id uuid, step_slug text, flow_slug text, step_type text, initial_tasks int
-    ) on commit delete rows;
+    ) on commit preserve rows;
   end if;
-  delete from pg_temp.pgflow_report;
-  delete from pg_temp.pgflow_report_steps;
+  if pg_relation_size('pg_temp.pgflow_report') > 1048576 then
+    truncate pg_temp.pgflow_report;
+  else
+    delete from pg_temp.pgflow_report;
+  end if;
+  if pg_relation_size('pg_temp.pgflow_report_steps') > 1048576 then
+    truncate pg_temp.pgflow_report_steps;
+  else
+    delete from pg_temp.pgflow_report_steps;
+  end if;
 
   insert into pg_temp.pgflow_report
   with items as (
