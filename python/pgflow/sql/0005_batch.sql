@@ -44,6 +44,8 @@ declare
   v_parent record;
   v_array jsonb;
   v_claimed int;
+  v_sent_runs uuid[] := '{}';
+  v_sent_steps text[] := '{}';
 begin
   if claim_tasks.qty is null or claim_tasks.qty < 1 then
     raise exception 'claim_tasks: qty must be 1 or more, got %', coalesce(claim_tasks.qty::text, 'NULL')
@@ -149,14 +151,17 @@ begin
   -- parents of dependent maps: small arrays go once as a blob and are sliced by the worker;
   -- the elements of large ones are cut out here from one in-memory copy of the array
   for v_parent in
-    select c.run_id, d.dep_slug, c.step_slug, max(pg_column_size(ps.output)) as size
+    select c.run_id, d.dep_slug, max(pg_column_size(ps.output)) as size,
+           array_agg(distinct c.step_slug) as children
       from pg_temp.pgflow_claim c
       join pgflow.deps d on d.flow_slug = v_slug and d.step_slug = c.step_slug
       join pgflow.step_states ps on ps.run_id = c.run_id and ps.step_slug = d.dep_slug
      where c.step_type = 'map' and c.deps_count = 1
-     group by c.run_id, d.dep_slug, c.step_slug
+     group by c.run_id, d.dep_slug
   loop
     if v_parent.size <= claim_tasks.inline_array_limit then
+      v_sent_runs := v_sent_runs || v_parent.run_id;
+      v_sent_steps := v_sent_steps || v_parent.dep_slug;
       return query
       select 'blob'::text, null::bigint, ps.run_id::text, ps.step_slug, null::int, null::int, null::int,
              null::text[], ps.output::text
@@ -168,7 +173,7 @@ begin
       select ps.output || '[]'::jsonb into v_array from pgflow.step_states ps
        where ps.run_id = v_parent.run_id and ps.step_slug = v_parent.dep_slug;
       update pg_temp.pgflow_claim c set payload = coalesce((v_array -> c.task_index)::text, 'null')
-       where c.run_id = v_parent.run_id and c.step_slug = v_parent.step_slug;
+       where c.run_id = v_parent.run_id and c.step_slug = any (v_parent.children);
     end if;
   end loop;
 
@@ -198,7 +203,7 @@ begin
     from pgflow.runs r
    where r.run_id in (select c.run_id from pg_temp.pgflow_claim c where c.deps_count = 0);
 
-  -- dependency outputs of dependent single steps, once per (run, dependency)
+  -- dependency outputs of dependent single steps, once per (run, dependency) and call
   return query
   select 'blob'::text, null::bigint, ps.run_id::text, ps.step_slug, null::int, null::int, null::int,
          null::text[], ps.output::text
@@ -208,7 +213,10 @@ begin
        select distinct c.run_id, d.dep_slug
          from pg_temp.pgflow_claim c
          join pgflow.deps d on d.flow_slug = v_slug and d.step_slug = c.step_slug
-        where c.step_type = 'single' and c.deps_count > 0);
+        where c.step_type = 'single' and c.deps_count > 0)
+     and not exists (
+       select 1 from unnest(v_sent_runs, v_sent_steps) as sent(run_id, step_slug)
+        where sent.run_id = ps.run_id and sent.step_slug = ps.step_slug);
 end;
 $$;
 
@@ -455,23 +463,25 @@ begin
       left join pgflow.runs r on r.run_id = it.run_id
       left join pgflow.steps s on s.flow_slug = t.flow_slug and s.step_slug = it.step_slug
   ), classified as (
+    -- coalesce everywhere: an item whose task, step or run does not exist has NULL facts, and
+    -- must count as not valid rather than be skipped by bool_and
     select f.*,
-           (f.error_message is null and f.run_status = 'started' and f.step_status = 'started'
-            and f.task_status = 'started' and f.dup_rank = 1) as valid,
-           (f.error_message is null and f.run_status = 'started' and f.step_status = 'started'
-            and f.task_status = 'started' and f.dup_rank = 1 and f.step_type = 'map'
-            and f.step_rank < f.remaining_tasks) as counts_down
+           coalesce(f.error_message is null and f.run_status = 'started' and f.step_status = 'started'
+                    and f.task_status = 'started' and f.dup_rank = 1, false) as valid,
+           coalesce(f.error_message is null and f.run_status = 'started' and f.step_status = 'started'
+                    and f.task_status = 'started' and f.dup_rank = 1 and f.step_type = 'map'
+                    and f.step_rank < f.remaining_tasks, false) as counts_down
       from facts f
   ), per_run as (
     select c.*,
-           bool_and(c.valid and not c.may_violate and not c.may_fail_condition)
+           bool_and(c.valid and not coalesce(c.may_violate, true) and not coalesce(c.may_fail_condition, true))
              over (partition by c.run_id) as whole_run,
            min(case when not c.counts_down then c.ord end) over (partition by c.run_id) as first_other
       from classified c
   )
   select p.ord, p.run_id, p.step_slug, p.task_index, p.output, p.error_message, p.flow_slug,
          p.message_id,
-         p.whole_run or (p.counts_down and p.ord < coalesce(p.first_other, 2147483647))
+         coalesce(p.whole_run or (p.counts_down and p.ord < coalesce(p.first_other, 2147483647)), false)
     from per_run p;
 
   -- tasks
