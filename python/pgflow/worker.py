@@ -123,6 +123,8 @@ class Worker:
         self.listen = listen
         self.install_signal_handlers = install_signal_handlers
 
+        # an eighth of what one claim may take, so refills stay prompt but not tiny
+        self._min_claim = max(1, min(self.batch_size, concurrency) // 8)
         self.source: TaskSource = PerTaskSource() if per_task else BatchedSource()
         self.sink: ResultSink = PerTaskSink() if per_task else BatchedSink()
         self.worker_ids = {slug: uuid.uuid4() for slug in self.flows}
@@ -236,7 +238,10 @@ class Worker:
                 self._flushed.clear()
                 more_work = True  # completions may have made new tasks ready
             free = self._executor.free_slots()
-            if free > 0 and (more_work or woken or now >= next_poll):
+            # A claim costs a round trip whatever its size: while plenty of tasks are still
+            # running, let a few slots free up first instead of claiming them one at a time.
+            worth_claiming = free >= self._min_claim or not self._in_flight
+            if free > 0 and worth_claiming and (more_work or woken or now >= next_poll):
                 want = min(free, self.batch_size)
                 claimed = self._db(functools.partial(self._claim, want)) or 0
                 next_poll = time.monotonic() + self._poll_interval()
