@@ -26,7 +26,7 @@ class _WorkItem:
 
     def __init__(
         self,
-        future: concurrent.futures.Future[Any],
+        future: concurrent.futures.Future[Any] | None,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -37,6 +37,9 @@ class _WorkItem:
         self.kwargs = kwargs
 
     def run(self) -> None:
+        if self.future is None:  # fire and forget: the callable reports its own outcome
+            self.fn(*self.args, **self.kwargs)
+            return
         if not self.future.set_running_or_notify_cancel():
             return
         try:
@@ -69,6 +72,15 @@ class ElasticThreadPool(concurrent.futures.Executor):
         self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
     ) -> concurrent.futures.Future[T]:
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._start(_WorkItem(future, fn, args, kwargs))
+        return future
+
+    def run_soon(self, fn: Callable[..., object], /, *args: Any) -> None:
+        """Like `submit`, without a Future, for a callable that never raises and reports its
+        result itself (a Future costs a lock and a condition per call)."""
+        self._start(_WorkItem(None, fn, args, {}))
+
+    def _start(self, item: _WorkItem) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"the {self._prefix} thread pool has been shut down")
@@ -80,8 +92,7 @@ class ElasticThreadPool(concurrent.futures.Executor):
                 )
                 self._threads.add(thread)
                 thread.start()
-            self._work.put(_WorkItem(future, fn, args, kwargs))
-        return future
+            self._work.put(item)
 
     def _serve(self) -> None:
         try:

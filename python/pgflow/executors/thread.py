@@ -99,7 +99,7 @@ class ThreadExecutor(Executor):
             if deadline is not None and deadline < self._next_check:
                 self._watchdog_wake.notify()
             # Inside the lock, so shutdown cannot close the pool between the checks and here.
-            self._pool.submit(self._run, job_id, job)
+            self._pool.run_soon(self._run, job_id, job)
 
     def _run(self, job_id: int, job: Job) -> None:
         ctx = make_context(job, self._shutdown_signal, self.load_flow_input)
