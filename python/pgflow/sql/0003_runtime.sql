@@ -744,6 +744,45 @@ $$;
 ------------------------------------------------------------------------------------------------
 -- Completing and failing tasks
 ------------------------------------------------------------------------------------------------
+-- Locks the run, the task and its step in the usual order for a reported result, and tells
+-- whether the result may be applied: only to a started task of a started step of a started run.
+-- A late or duplicate result changes nothing but archiving its message; a task waiting for its
+-- retry keeps its message. Returns the run's flow slug when the result applies, else NULL.
+create or replace function pgflow._lock_reported_task(p_run_id uuid, p_step_slug text, p_task_index int)
+returns text
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_run pgflow.runs;
+  v_state pgflow.step_states;
+  v_task pgflow.step_tasks;
+begin
+  select r.* into v_run from pgflow.runs r where r.run_id = p_run_id for update;
+  if v_run.run_id is null then
+    return null;
+  end if;
+  select t.* into v_task from pgflow.step_tasks t
+   where t.run_id = p_run_id and t.step_slug = p_step_slug and t.task_index = p_task_index
+  for update;
+  if v_task.run_id is null then
+    return null;
+  end if;
+  select ss.* into v_state from pgflow.step_states ss
+   where ss.run_id = p_run_id and ss.step_slug = p_step_slug
+  for update;
+
+  if v_run.status = 'started' and v_state.status = 'started' and v_task.status = 'started' then
+    return v_run.flow_slug;
+  end if;
+  if v_task.status <> 'queued' or v_run.status <> 'started' or v_state.status <> 'started' then
+    perform pgflow._archive_messages(v_run.flow_slug, array[v_task.message_id]);
+  end if;
+  return null;
+end;
+$$;
+
 create or replace function pgflow.complete_task(run_id uuid, step_slug text, task_index int, output jsonb)
 returns setof pgflow.step_tasks
 language plpgsql
@@ -757,28 +796,13 @@ declare
   v_step pgflow.steps;
   v_error text;
 begin
-  select r.* into v_run from pgflow.runs r where r.run_id = complete_task.run_id for update;
-  if v_run.run_id is null then
-    return;
+  if pgflow._lock_reported_task(complete_task.run_id, complete_task.step_slug, complete_task.task_index) is null then
+    return;  -- a late, duplicate or foreign result
   end if;
+  select r.* into v_run from pgflow.runs r where r.run_id = complete_task.run_id;
   select t.* into v_task from pgflow.step_tasks t
    where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug
-     and t.task_index = complete_task.task_index
-  for update;
-  if v_task.run_id is null then
-    return;
-  end if;
-  select ss.* into v_state from pgflow.step_states ss
-   where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
-  for update;
-
-  if v_run.status <> 'started' or v_state.status <> 'started' or v_task.status <> 'started' then
-    -- a late or duplicate callback; a task waiting for its retry keeps its message
-    if v_task.status <> 'queued' or v_run.status <> 'started' or v_state.status <> 'started' then
-      perform pgflow._archive_messages(v_run.flow_slug, array[v_task.message_id]);
-    end if;
-    return;
-  end if;
+     and t.task_index = complete_task.task_index;
 
   select s.* into v_step from pgflow.steps s
    where s.flow_slug = v_run.flow_slug and s.step_slug = complete_task.step_slug;
@@ -877,32 +901,17 @@ set search_path = ''
 as $$
 declare
   v_run pgflow.runs;
-  v_state pgflow.step_states;
   v_task pgflow.step_tasks;
   v_max_attempts int;
   v_base_delay int;
 begin
-  select r.* into v_run from pgflow.runs r where r.run_id = fail_task.run_id for update;
-  if v_run.run_id is null then
-    return;
+  if pgflow._lock_reported_task(fail_task.run_id, fail_task.step_slug, fail_task.task_index) is null then
+    return;  -- a late, duplicate or foreign result
   end if;
+  select r.* into v_run from pgflow.runs r where r.run_id = fail_task.run_id;
   select t.* into v_task from pgflow.step_tasks t
    where t.run_id = fail_task.run_id and t.step_slug = fail_task.step_slug
-     and t.task_index = fail_task.task_index
-  for update;
-  if v_task.run_id is null then
-    return;
-  end if;
-  select ss.* into v_state from pgflow.step_states ss
-   where ss.run_id = fail_task.run_id and ss.step_slug = fail_task.step_slug
-  for update;
-
-  if v_run.status <> 'started' or v_state.status <> 'started' or v_task.status <> 'started' then
-    if v_task.status <> 'queued' or v_run.status <> 'started' or v_state.status <> 'started' then
-      perform pgflow._archive_messages(v_run.flow_slug, array[v_task.message_id]);
-    end if;
-    return;
-  end if;
+     and t.task_index = fail_task.task_index;
 
   select coalesce(s.opt_max_attempts, f.opt_max_attempts), coalesce(s.opt_base_delay, f.opt_base_delay)
     into v_max_attempts, v_base_delay
