@@ -112,6 +112,26 @@ $$;
 ------------------------------------------------------------------------------------------------
 -- Run and step terminal states
 ------------------------------------------------------------------------------------------------
+-- Cancels every open (queued or started) task of a run and archives their messages.
+create or replace function pgflow._cancel_open_tasks(p_run_id uuid, p_flow_slug text)
+returns void
+language plpgsql
+volatile
+set search_path = ''
+as $$
+declare
+  v_msgs bigint[];
+begin
+  with cancelled as (
+    update pgflow.step_tasks t set status = 'cancelled'
+     where t.run_id = p_run_id and t.status in ('queued', 'started')
+    returning t.message_id
+  )
+  select array_agg(c.message_id) into v_msgs from cancelled c where c.message_id is not null;
+  perform pgflow._archive_messages(p_flow_slug, v_msgs);
+end;
+$$;
+
 -- Fails a started run: open tasks are cancelled and their messages archived.
 create or replace function pgflow._fail_run(p_run_id uuid, p_error_message text)
 returns void
@@ -121,7 +141,6 @@ set search_path = ''
 as $$
 declare
   v_run pgflow.runs;
-  v_msgs bigint[];
 begin
   update pgflow.runs r
      set status = 'failed', failed_at = now(), error_message = p_error_message
@@ -131,13 +150,7 @@ begin
     return;
   end if;
 
-  with cancelled as (
-    update pgflow.step_tasks t set status = 'cancelled'
-     where t.run_id = p_run_id and t.status in ('queued', 'started')
-    returning t.message_id
-  )
-  select array_agg(c.message_id) into v_msgs from cancelled c where c.message_id is not null;
-  perform pgflow._archive_messages(v_run.flow_slug, v_msgs);
+  perform pgflow._cancel_open_tasks(p_run_id, v_run.flow_slug);
 
   perform pgflow._emit(p_run_id, 'run:failed', jsonb_build_object(
     'event_type', 'run:failed',

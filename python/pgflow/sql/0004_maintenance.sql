@@ -150,7 +150,6 @@ set search_path = ''
 as $$
 declare
   v_run pgflow.runs;
-  v_msgs bigint[];
 begin
   select r.* into v_run from pgflow.runs r where r.run_id = cancel_run.run_id for update;
   if v_run.run_id is null then
@@ -166,13 +165,7 @@ begin
    where r.run_id = v_run.run_id
   returning r.* into v_run;
 
-  with cancelled as (
-    update pgflow.step_tasks t set status = 'cancelled'
-     where t.run_id = v_run.run_id and t.status in ('queued', 'started')
-    returning t.message_id
-  )
-  select array_agg(c.message_id) into v_msgs from cancelled c where c.message_id is not null;
-  perform pgflow._archive_messages(v_run.flow_slug, v_msgs);
+  perform pgflow._cancel_open_tasks(v_run.run_id, v_run.flow_slug);
 
   perform pgflow._emit(v_run.run_id, 'run:cancelled', jsonb_build_object(
     'event_type', 'run:cancelled',
