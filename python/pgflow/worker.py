@@ -349,7 +349,12 @@ class Worker:
         while True:
             try:
                 if self._conn is None or self._conn.closed:
-                    self._conn = self._connect_with_backoff()
+                    try:
+                        self._conn = self._connect_with_backoff()
+                    except PgflowError:
+                        if self._stopping.is_set():
+                            return None  # the stop came while the database was down
+                        raise
                     self._register()
                 return action()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -357,9 +362,11 @@ class Worker:
                 if self._conn is not None:
                     self._conn.close()
                 self._conn = None
-                if self._stopping.is_set() and self._signals >= 2:
+                if self._stopping.is_set():
+                    # stopping: claims and heartbeats are not worth waiting for a database
+                    # that is down (results still get the reporter's retries)
                     return None
-                self._stopping.wait(delay) if not self._stopping.is_set() else time.sleep(delay)
+                self._stopping.wait(delay)
                 delay = min(delay * 2, self.max_backoff)
 
     def _compile_flows(self) -> None:

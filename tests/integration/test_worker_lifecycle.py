@@ -6,6 +6,7 @@ import threading
 import time
 
 import psycopg
+import psycopg.conninfo
 import worker_flows
 
 from pgflow.worker import Worker
@@ -45,3 +46,38 @@ def test_a_deprecated_worker_finishes_and_marks_itself_stopped(db_dsn: str) -> N
         thread.join(DEADLINE)
         stopped = conn.execute("select stopped_at from pgflow.workers").fetchone()
         assert stopped is not None and stopped[0] is not None
+
+
+def test_a_worker_stops_while_its_database_refuses_connections(
+    db_dsn: str, pg_admin_dsn: str
+) -> None:
+    worker = Worker(
+        [worker_flows.chain], dsn=db_dsn, heartbeat_interval=0.1, install_signal_handlers=False
+    )
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert worker.started.wait(DEADLINE)
+    dbname = psycopg.conninfo.conninfo_to_dict(db_dsn)["dbname"]
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+        admin.execute(f'alter database "{dbname}" allow_connections false')
+        try:
+            admin.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s",
+                (dbname,),
+            )
+            # the heartbeat finds the connection gone and the worker starts reconnecting
+            _wait(lambda: worker._conn is None, "the worker to notice its lost connection")
+            worker.stop()
+            assert worker.wait_stopped(DEADLINE), "a stop must not wait for the database"
+            thread.join(DEADLINE)
+            assert raised == [], "stopping during an outage is not an error"
+        finally:
+            admin.execute(f'alter database "{dbname}" allow_connections true')
