@@ -135,6 +135,7 @@ class Worker:
         self._reporter: Reporter | None = None
         self._wake = threading.Event()
         self._flushed = threading.Event()
+        self._notified = threading.Event()
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._started = threading.Event()
@@ -192,7 +193,7 @@ class Worker:
         )
         self._reporter.start()
         if self.listen:
-            self._listener = task_listener(self.dsn, self.flows, self._wake.set)
+            self._listener = task_listener(self.dsn, self.flows, self._on_notify)
             self._listener.start()
             # runs started right after `started` is set must not wait for the next poll
             self._listener.wait_alive(timeout=5.0)
@@ -222,8 +223,10 @@ class Worker:
         next_poll = 0.0
         more_work = True
         while not self._stopping.is_set():
-            # remember why we woke before clearing: a NOTIFY means there may be tasks to claim
-            woken = self._wake.is_set()
+            # a NOTIFY means there may be tasks to claim (results wake us too, but say nothing
+            # about the queue); remember it before clearing
+            notified = self._notified.is_set()
+            self._notified.clear()
             self._wake.clear()
             now = time.monotonic()
             if now >= next_heartbeat:
@@ -241,7 +244,7 @@ class Worker:
             # A claim costs a round trip whatever its size: while plenty of tasks are still
             # running, let a few slots free up first instead of claiming them one at a time.
             worth_claiming = free >= self._min_claim or not self._in_flight
-            if free > 0 and worth_claiming and (more_work or woken or now >= next_poll):
+            if free > 0 and worth_claiming and (more_work or notified or now >= next_poll):
                 want = min(free, self.batch_size)
                 claimed = self._db(functools.partial(self._claim, want)) or 0
                 next_poll = time.monotonic() + self._poll_interval()
@@ -253,6 +256,11 @@ class Worker:
             timeout = max(0.0, next_poll - time.monotonic()) if free > 0 else self.poll_interval
             timeout = min(timeout, max(0.0, next_heartbeat - time.monotonic()))
             self._wake.wait(timeout)
+
+    def _on_notify(self) -> None:
+        # called from the listener thread: tasks may be waiting, claim on the next turn
+        self._notified.set()
+        self._wake.set()
 
     def _poll_interval(self) -> float:
         # without a live listener nothing wakes us: poll more often
