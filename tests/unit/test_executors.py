@@ -270,8 +270,8 @@ def test_process_timeout_terminates_the_child(make_executor: MakeExecutor, tmp_p
     wait_until(lambda: not pid_alive(pid), "the timed-out child to be gone")
     assert not Path(spec["finished"]).exists()
 
-    # A new child serves the next job.
-    assert executor.free_slots() == 1
+    # A new child serves the next job (once it has started: spawning takes a moment).
+    wait_until(lambda: executor.free_slots() == 1, "a replacement child to offer its slot")
     executor.submit(make_job("echo", 1, key="next"), results)
     next_result = results.wait_for("next")
     assert next_result.ok and next_result.output["pid"] != pid
