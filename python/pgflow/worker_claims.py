@@ -8,15 +8,17 @@ uses pgmq's read plus `pgflow.start_tasks`, as any client of the contract would.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 import psycopg
 
 from pgflow import fastpath
 from pgflow.core_errors import CoreError
+
+T = TypeVar("T")
 
 MODE_FLOW_INPUT = 0
 MODE_DEPS = 1
@@ -96,31 +98,24 @@ def _fill_inputs(
     specs: list[tuple[int, str, Sequence[str], int]],
     blobs: dict[str, str],
 ) -> None:
-    if not tasks:
-        return
-    try:
-        values = fastpath.assemble_and_decode(specs, blobs)
-    except CoreError:
-        # one bad task must not take the batch down: find it by building inputs one by one
-        for task, spec in zip(tasks, specs, strict=True):
-            try:
-                task.input = fastpath.assemble_and_decode([spec], blobs)[0]
-            except CoreError as exc:
-                task.input_error = f"{type(exc).__name__}: {exc}"
-        return
-    for task, value in zip(tasks, values, strict=True):
-        task.input = value
+    _fill(tasks, specs, lambda some: fastpath.assemble_and_decode(some, blobs))
 
 
 def _fill_payloads(tasks: list[ClaimedTask], payloads: list[str]) -> None:
+    _fill(tasks, payloads, fastpath.decode_many)
+
+
+def _fill(tasks: list[ClaimedTask], items: list[T], build: Callable[[list[T]], list[Any]]) -> None:
+    """Set each task's input from `build(items)`, one call for the batch. If the batch fails,
+    build the inputs one by one, so that one bad task fails alone and the rest go on."""
     if not tasks:
         return
     try:
-        values = fastpath.decode_many(payloads)
+        values = build(items)
     except CoreError:
-        for task, payload in zip(tasks, payloads, strict=True):
+        for task, item in zip(tasks, items, strict=True):
             try:
-                task.input = fastpath.decode_many([payload])[0]
+                task.input = build([item])[0]
             except CoreError as exc:
                 task.input_error = f"{type(exc).__name__}: {exc}"
         return

@@ -15,16 +15,15 @@ import asyncio
 import contextvars
 import itertools
 import threading
-import time
 from typing import Any, ClassVar
 
 from pgflow.executors._threads import ElasticThreadPool
 from pgflow.executors.base import (
-    Executor,
     ExecutorBusyError,
     ExecutorClosedError,
     ExecutorError,
     FlowInputLoader,
+    InFlightExecutor,
     Job,
     JobResult,
     OnDone,
@@ -45,7 +44,7 @@ def _consume_outcome(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-class AsyncioExecutor(Executor):
+class AsyncioExecutor(InFlightExecutor):
     """Runs up to `concurrency` handlers at once on one event loop."""
 
     name: ClassVar[str] = "asyncio"
@@ -176,24 +175,10 @@ class AsyncioExecutor(Executor):
             return JobResult.from_exception(job.key, error)
         return JobResult.success(job.key, running.result())
 
-    def free_slots(self) -> int:
-        with self._lock:
-            return self.concurrency - len(self._in_flight) if self._accepting else 0
-
     def shutdown(self, grace: float) -> list[Job]:
-        with self._lock:
-            if self._closed or not self._accepting:
-                self._closed = True
-                return []
-            self._accepting = False
-        self._shutdown_signal.set()
-        give_up_at = time.monotonic() + grace
-        with self._lock:
-            while self._in_flight and (remaining := give_up_at - time.monotonic()) > 0:
-                self._job_left.wait(remaining)
-            unfinished = [job for job, _ in self._in_flight.values()]
-            self._in_flight.clear()
-            self._closed = True
+        unfinished = self._stop_accepting_and_wait(grace, lambda entry: entry[0])
+        if unfinished is None:
+            return []
         self._stop_loop()
         if unfinished:
             logger.warning(

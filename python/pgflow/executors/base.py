@@ -15,6 +15,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ __all__ = [
     "ExecutorError",
     "ExecutorFactory",
     "FlowInputLoader",
+    "InFlightExecutor",
     "Job",
     "JobResult",
     "OnDone",
@@ -219,6 +222,46 @@ class Executor(abc.ABC):
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown(grace=0)
+
+
+class InFlightExecutor(Executor):
+    """Base for executors that keep their running jobs in `_in_flight` under `_lock`: it counts
+    free slots and does the common first half of a graceful shutdown.
+
+    Subclasses set `_lock`, `_job_left` (a condition on `_lock`, notified when a job leaves
+    `_in_flight`), `_in_flight`, `_shutdown_signal`, `_accepting` and `_closed`.
+    """
+
+    _lock: threading.Lock
+    _job_left: threading.Condition
+    _in_flight: dict[Any, Any]
+    _shutdown_signal: threading.Event
+    _accepting: bool
+    _closed: bool
+
+    def free_slots(self) -> int:
+        with self._lock:
+            return self.concurrency - len(self._in_flight) if self._accepting else 0
+
+    def _stop_accepting_and_wait(
+        self, grace: float, job_of: Callable[[Any], Job]
+    ) -> list[Job] | None:
+        """Stop taking jobs, signal the running ones, wait up to `grace` for them, and return
+        (and forget) those still running. None when the executor was already shut down."""
+        with self._lock:
+            if self._closed or not self._accepting:
+                self._closed = True
+                return None
+            self._accepting = False
+        self._shutdown_signal.set()
+        give_up_at = time.monotonic() + grace
+        with self._lock:
+            while self._in_flight and (remaining := give_up_at - time.monotonic()) > 0:
+                self._job_left.wait(remaining)
+            unfinished = [job_of(entry) for entry in self._in_flight.values()]
+            self._in_flight.clear()
+            self._closed = True
+        return unfinished
 
 
 class ExecutorFactory(Protocol):

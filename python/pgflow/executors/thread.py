@@ -16,11 +16,11 @@ from typing import ClassVar
 
 from pgflow.executors._threads import ElasticThreadPool
 from pgflow.executors.base import (
-    Executor,
     ExecutorBusyError,
     ExecutorClosedError,
     ExecutorError,
     FlowInputLoader,
+    InFlightExecutor,
     Job,
     JobResult,
     OnDone,
@@ -41,7 +41,7 @@ class _InFlight:
         self.deadline = deadline
 
 
-class ThreadExecutor(Executor):
+class ThreadExecutor(InFlightExecutor):
     """Runs up to `concurrency` handlers at once, each in its own thread."""
 
     name: ClassVar[str] = "thread"
@@ -160,24 +160,11 @@ class ThreadExecutor(Executor):
         )
         deliver(entry.on_done, JobResult.timeout(job.key, job.timeout))
 
-    def free_slots(self) -> int:
-        with self._lock:
-            return self.concurrency - len(self._in_flight) if self._accepting else 0
-
     def shutdown(self, grace: float) -> list[Job]:
+        unfinished = self._stop_accepting_and_wait(grace, lambda entry: entry.job)
+        if unfinished is None:
+            return []
         with self._lock:
-            if self._closed or not self._accepting:
-                self._closed = True
-                return []
-            self._accepting = False
-        self._shutdown_signal.set()
-        give_up_at = time.monotonic() + grace
-        with self._lock:
-            while self._in_flight and (remaining := give_up_at - time.monotonic()) > 0:
-                self._job_left.wait(remaining)
-            unfinished = [entry.job for entry in self._in_flight.values()]
-            self._in_flight.clear()
-            self._closed = True
             self._watchdog_wake.notify()
             pool = self._pool
         if pool is not None:
