@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Collection
 
 import psycopg
+from psycopg import sql
 
 from pgflow.db import connect
 from pgflow.errors import PgflowError
@@ -93,7 +94,7 @@ class ChannelListener:
     def _listen(self) -> None:
         conn = connect(self.dsn, autocommit=True)
         self._conn = conn
-        conn.execute(f"LISTEN {self.channel}")
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
         self._alive.set()
         self.on_payload(None)
         while not self._stop.is_set():

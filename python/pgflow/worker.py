@@ -457,7 +457,13 @@ class Worker:
         key = (task.run_id, task.step_slug, task.task_index)
         if task.input_error is not None:
             self._pending.append(
-                Outcome(task.run_id, task.step_slug, task.task_index, error=task.input_error)
+                Outcome(
+                    task.run_id,
+                    task.step_slug,
+                    task.task_index,
+                    task.attempt,
+                    error=task.input_error,
+                )
             )
             self._wake.set()
             return
@@ -488,7 +494,8 @@ class Worker:
             key = result.key
             assert isinstance(key, tuple)
             run_id, step_slug, task_index = key
-            self._in_flight.pop(key, None)
+            task = self._in_flight.pop(key, None)
+            attempt = task.attempt if task is not None else None
             if result.ok:
                 flow = self._flow_for_step(run_id, step_slug)
                 output = result.output
@@ -501,11 +508,12 @@ class Worker:
                                 run_id,
                                 step_slug,
                                 task_index,
+                                attempt,
                                 error=error_text(type(exc).__name__, str(exc)),
                             )
                         )
                         continue
-                self._pending.append(Outcome(run_id, step_slug, task_index, output=output))
+                self._pending.append(Outcome(run_id, step_slug, task_index, attempt, output=output))
             else:
                 if result.traceback:
                     logger.warning(
@@ -530,6 +538,7 @@ class Worker:
                         run_id,
                         step_slug,
                         task_index,
+                        attempt,
                         error=error_text(result.error_type, result.error_message),
                     )
                 )

@@ -3,7 +3,7 @@
 Both return `ClaimedTask`s whose `input` is what the handler receives. The batched path gets
 raw JSON text from `pgflow.claim_tasks` (each run input and dependency output once per batch)
 and builds every input in one call to the Rust core (or its Python twin); the per-task path
-uses pgmq's read plus `pgflow.start_tasks`, as any client of the contract would.
+reads the queue (`pgflow.read_with_poll`) and calls `pgflow.start_tasks`, as any client of the contract would.
 """
 
 from __future__ import annotations
@@ -123,7 +123,9 @@ def _fill(tasks: list[ClaimedTask], items: list[T], build: Callable[[list[T]], l
         task.input = value
 
 
-_READ_SQL = "select msg_id from pgmq.read(%s, %s, %s)"
+# pgflow.read_with_poll reads the flow's queue with its owner's rights: a worker role needs no
+# rights on pgmq's tables (0: do not wait, the worker's loop does its own waiting)
+_READ_SQL = "select msg_id from pgflow.read_with_poll(%s, %s, %s, 0)"
 _START_SQL = (
     "select run_id::text, step_slug, task_index, msg_id, input::text, flow_input::text "
     "from pgflow.start_tasks(%s, %s, %s)"
@@ -136,7 +138,7 @@ _ATTEMPTS_SQL = (
 
 
 class PerTaskSource:
-    """The contract's own path: pgmq.read, then pgflow.start_tasks (one transaction)."""
+    """The contract's own path: read the queue, then pgflow.start_tasks (one transaction)."""
 
     def __init__(self, read_vt: int = 60) -> None:
         self.read_vt = read_vt

@@ -31,6 +31,8 @@ class Outcome:
     run_id: str
     step_slug: str
     task_index: int
+    # the attempt this result answers (as claimed): a stale attempt's result changes nothing
+    attempt: int | None = None
     output: Any = None
     error: str | None = None
 
@@ -70,7 +72,7 @@ class ResultSink(Protocol):
     def report(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> None: ...
 
 
-_REPORT_SQL = "select pgflow.report_tasks(%s::uuid[], %s::text[], %s::int[], %s::jsonb, %s::text[])"
+_REPORT_SQL = "select pgflow.report_tasks(%s::uuid[], %s::text[], %s::int[], %s::jsonb, %s::text[], %s::int[])"
 
 
 class BatchedSink:
@@ -88,6 +90,7 @@ class BatchedSink:
                 [o.task_index for o in outcomes],
                 outputs,
                 [o.error for o in outcomes],
+                [o.attempt for o in outcomes],
             ),
             prepare=True,
         )
@@ -103,13 +106,13 @@ class PerTaskSink:
         for o in outcomes:
             if o.ok:
                 conn.execute(
-                    "select 1 from pgflow.complete_task(%s, %s, %s, %s)",
-                    (o.run_id, o.step_slug, o.task_index, Jsonb(o.output, dumps=_dumps)),
+                    "select 1 from pgflow.complete_task(%s, %s, %s, %s, %s::int)",
+                    (o.run_id, o.step_slug, o.task_index, Jsonb(o.output, dumps=_dumps), o.attempt),
                 )
             else:
                 conn.execute(
-                    "select 1 from pgflow.fail_task(%s, %s, %s, %s)",
-                    (o.run_id, o.step_slug, o.task_index, o.error),
+                    "select 1 from pgflow.fail_task(%s, %s, %s, %s, %s::int)",
+                    (o.run_id, o.step_slug, o.task_index, o.error, o.attempt),
                 )
 
 

@@ -147,7 +147,9 @@ def test_function_signature(conn: Conn, name: str) -> None:
     )
 
 
-def test_every_pgflow_function_pins_an_empty_search_path(conn: Conn) -> None:
+def test_every_pgflow_function_pins_search_path_with_pg_temp_last(conn: Conn) -> None:
+    # An empty search_path still searches the caller's temp schema first for tables and types:
+    # every function must name pg_temp explicitly, and last.
     found = rows(
         conn,
         "select p.proname, p.proconfig from pg_proc p"
@@ -156,9 +158,9 @@ def test_every_pgflow_function_pins_an_empty_search_path(conn: Conn) -> None:
     unpinned = sorted(
         f["proname"]
         for f in found
-        if not any(c in ('search_path=""', "search_path=''") for c in (f["proconfig"] or []))
+        if "search_path=pg_catalog, pg_temp" not in (f["proconfig"] or [])
     )
-    assert not unpinned, f"functions without set search_path = '': {unpinned}"
+    assert not unpinned, f"functions without set search_path = pg_catalog, pg_temp: {unpinned}"
 
 
 TABLE_COLUMNS = {

@@ -81,3 +81,57 @@ def test_a_worker_stops_while_its_database_refuses_connections(
             assert raised == [], "stopping during an outage is not an error"
         finally:
             admin.execute(f'alter database "{dbname}" allow_connections true')
+
+
+def test_a_running_worker_requeues_tasks_stalled_after_it_started(db_dsn: str) -> None:
+    """The stalled-task sweep runs on a timer, not only when the worker starts."""
+    worker = Worker(
+        [worker_flows.chain], dsn=db_dsn, requeue_interval=0.2, install_signal_handlers=False
+    )
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    assert worker.started.wait(DEADLINE)
+    try:
+        with psycopg.connect(db_dsn) as conn:
+            # a worker that claimed the first task an hour ago and died, in one transaction so
+            # the running worker cannot claim the task first
+            dead = conn.execute(
+                "select worker_id from pgflow.register_worker(gen_random_uuid(), %s, 'dead')",
+                (worker_flows.chain.slug,),
+            ).fetchone()
+            assert dead is not None
+            run = conn.execute(
+                'select run_id from pgflow.start_flow(%s, \'{"word": "x"}\')',
+                (worker_flows.chain.slug,),
+            ).fetchone()
+            assert run is not None
+            claimed = conn.execute(
+                "select count(*) from pgflow.claim_tasks(%s, %s, 10) where kind = 'task'",
+                (worker_flows.chain.slug, dead[0]),
+            ).fetchone()
+            assert claimed == (1,)
+            conn.execute(
+                "update pgflow.step_tasks set started_at = now() - interval '1 hour'"
+                " where run_id = %s",
+                (run[0],),
+            )
+            conn.commit()
+
+            def run_completed() -> bool:
+                row = conn.execute(
+                    "select status from pgflow.runs where run_id = %s", (run[0],)
+                ).fetchone()
+                conn.commit()
+                return row == ("completed",)
+
+            _wait(run_completed, "the stalled run to be requeued and completed")
+            first = conn.execute(
+                "select requeued_count, last_worker_id, attempts_count from pgflow.step_tasks"
+                " where run_id = %s and step_slug = 'first'",
+                (run[0],),
+            ).fetchone()
+            assert first == (1, worker.worker_ids[worker_flows.chain.slug], 2)
+    finally:
+        worker.stop()
+        assert worker.wait_stopped(DEADLINE)
+        thread.join(DEADLINE)

@@ -8,7 +8,7 @@ returns boolean
 language sql
 immutable
 parallel safe
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select slug is not null
      and length(slug) between 1 and 128

@@ -6,7 +6,7 @@ create or replace function pgflow._check_option(p_what text, p_name text, p_valu
 returns void
 language plpgsql
 immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if p_value is not null and p_value < p_min then
@@ -20,7 +20,7 @@ create or replace function pgflow._check_slug(p_kind text, p_slug text)
 returns void
 language plpgsql
 immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if not pgflow.is_valid_slug(p_slug) then
@@ -41,7 +41,7 @@ create or replace function pgflow.create_flow(
 returns pgflow.flows
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_slug text := create_flow.flow_slug;
@@ -113,7 +113,7 @@ create or replace function pgflow.add_step(
 returns pgflow.steps
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_flow_slug text := add_step.flow_slug;
@@ -216,7 +216,7 @@ create or replace function pgflow._pattern_shape(p_pattern jsonb)
 returns jsonb
 language sql
 immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select case
     when p_pattern is null then jsonb_build_object('defined', false)
@@ -228,7 +228,7 @@ create or replace function pgflow._get_flow_shape(p_flow_slug text)
 returns jsonb
 language sql
 stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select jsonb_build_object('steps', coalesce(jsonb_agg(
     jsonb_build_object(
@@ -255,7 +255,7 @@ create or replace function pgflow._normalize_step_shape(p_step jsonb)
 returns jsonb
 language sql
 immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select jsonb_build_object(
     'slug', p_step -> 'slug',
@@ -275,7 +275,7 @@ create or replace function pgflow._check_shape(p_shape jsonb)
 returns void
 language plpgsql
 immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if p_shape is null or jsonb_typeof(p_shape) <> 'object'
@@ -297,7 +297,7 @@ create or replace function pgflow._compare_flow_shapes(p_local jsonb, p_db jsonb
 returns text[]
 language plpgsql
 immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_diffs text[] := '{}';
@@ -350,7 +350,7 @@ create or replace function pgflow._shape_int(p_options jsonb, p_key text)
 returns int
 language plpgsql
 immutable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if p_options is null or p_options -> p_key is null or p_options -> p_key = 'null'::jsonb then
@@ -372,7 +372,7 @@ create or replace function pgflow._create_flow_from_shape(p_flow_slug text, p_sh
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_opts jsonb := p_shape -> 'options';
@@ -416,7 +416,7 @@ create or replace function pgflow._apply_shape_options(p_flow_slug text, p_shape
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_opts jsonb := p_shape -> 'options';
@@ -450,7 +450,7 @@ create or replace function pgflow.delete_flow_and_data(p_flow_slug text)
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   delete from pgflow.step_tasks t where t.flow_slug = p_flow_slug;
@@ -473,7 +473,7 @@ create or replace function pgflow.ensure_flow_compiled(
 returns jsonb
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_slug text := ensure_flow_compiled.flow_slug;
@@ -496,6 +496,15 @@ begin
   end if;
 
   if coalesce(ensure_flow_compiled.allow_data_loss, false) then
+    -- This function runs with its owner's rights, and worker and client roles may call it; the
+    -- right to destroy a flow's data stays with whoever may call delete_flow_and_data (the
+    -- owner). session_user is the login, which a non-superuser cannot change.
+    if not has_function_privilege(session_user, 'pgflow.delete_flow_and_data(text)', 'execute') then
+      raise exception 'flow % differs from the database and replacing it would delete its runs, '
+        'which only the owner of schema pgflow may do; run the compile with allow_data_loss as that '
+        'role, or deploy the changed flow under a new slug', quote_literal(v_slug)
+        using errcode = '42501', detail = array_to_string(v_diffs, '; ');
+    end if;
     perform pgflow.delete_flow_and_data(v_slug);
     perform pgflow._create_flow_from_shape(v_slug, ensure_flow_compiled.shape);
     return jsonb_build_object('status', 'recompiled', 'differences', to_jsonb(v_diffs));

@@ -17,7 +17,7 @@ create or replace function pgflow._emit(p_run_id uuid, p_event_name text, p_payl
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_text text;
@@ -44,7 +44,7 @@ create or replace function pgflow._notify_tasks(p_flow_slug text)
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if coalesce(current_setting('pgflow.wakeups', true), '') <> 'off' then
@@ -57,7 +57,7 @@ create or replace function pgflow._archive_messages(p_flow_slug text, p_msg_ids 
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if p_msg_ids is not null and cardinality(p_msg_ids) > 0 then
@@ -70,7 +70,7 @@ create or replace function pgflow.set_vt_batch(queue_name text, msg_ids bigint[]
 returns setof pgmq.message_record
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   if coalesce(cardinality(set_vt_batch.msg_ids), 0) <> coalesce(cardinality(set_vt_batch.vt_offsets), 0) then
@@ -91,6 +91,38 @@ begin
 end;
 $$;
 
+-- Reads messages of a flow's queue, waiting up to max_poll_seconds for some to become visible.
+-- Workers on the contract's per-task path read with it, so that they need no rights on pgmq's
+-- tables: it runs with its owner's rights and reads only the queues of flows.
+create or replace function pgflow.read_with_poll(
+  queue_name text,
+  vt int,
+  qty int,
+  max_poll_seconds int default 5,
+  poll_interval_ms int default 100,
+  conditional jsonb default '{}'
+)
+returns setof pgmq.message_record
+language plpgsql
+volatile
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_stop timestamptz := clock_timestamp() + make_interval(secs => greatest(coalesce(read_with_poll.max_poll_seconds, 0), 0));
+begin
+  if not exists (select 1 from pgflow.flows f where f.flow_slug = read_with_poll.queue_name) then
+    raise exception 'queue % is not the queue of a pgflow flow', coalesce(quote_literal(read_with_poll.queue_name), 'NULL')
+      using errcode = '22023';
+  end if;
+  loop
+    return query select * from pgmq.read(read_with_poll.queue_name, read_with_poll.vt, read_with_poll.qty,
+                                         coalesce(read_with_poll.conditional, '{}'));
+    exit when found or clock_timestamp() >= v_stop;
+    perform pg_sleep(greatest(coalesce(read_with_poll.poll_interval_ms, 100), 1) / 1000.0);
+  end loop;
+end;
+$$;
+
 create or replace function pgflow.calculate_retry_delay(
   base_delay numeric,
   attempts_count int,
@@ -100,7 +132,7 @@ returns int
 language sql
 immutable
 parallel safe
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   -- the exponent is clamped before the power so that a huge attempt count cannot overflow
   select least(
@@ -117,7 +149,7 @@ create or replace function pgflow._cancel_open_tasks(p_run_id uuid, p_flow_slug 
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_msgs bigint[];
@@ -137,7 +169,7 @@ create or replace function pgflow._fail_run(p_run_id uuid, p_error_message text)
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_run pgflow.runs;
@@ -167,7 +199,7 @@ create or replace function pgflow._fail_step(p_run_id uuid, p_step_slug text, p_
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_state pgflow.step_states;
@@ -196,7 +228,7 @@ create or replace function pgflow._skip_steps(p_run_id uuid, p_steps text[], p_r
 returns int
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_flow text;
@@ -266,7 +298,7 @@ create or replace function pgflow._cascade_force_skip_steps(run_id uuid, step_sl
 returns int
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_flow text;
@@ -308,7 +340,7 @@ create or replace function pgflow._after_step_completed(p_run_id uuid, p_step_sl
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_state pgflow.step_states;
@@ -348,7 +380,7 @@ create or replace function pgflow.maybe_complete_run(run_id uuid)
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_run pgflow.runs;
@@ -386,7 +418,7 @@ create or replace function pgflow._condition_subject(p_run_id uuid, p_step pgflo
 returns jsonb
 language sql
 stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select case
     when p_step.deps_count = 0 then (select r.input from pgflow.runs r where r.run_id = p_run_id)
@@ -403,7 +435,7 @@ create or replace function pgflow.cascade_resolve_conditions(run_id uuid)
 returns boolean
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_run_id uuid := cascade_resolve_conditions.run_id;
@@ -455,7 +487,7 @@ create or replace function pgflow.cascade_complete_taskless_steps(run_id uuid)
 returns int
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_run_id uuid := cascade_complete_taskless_steps.run_id;
@@ -494,7 +526,7 @@ create or replace function pgflow.start_ready_steps(run_id uuid)
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_run_id uuid := start_ready_steps.run_id;
@@ -559,7 +591,7 @@ create or replace function pgflow._advance_run(p_run_id uuid)
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 begin
   perform pgflow.cascade_complete_taskless_steps(p_run_id);
@@ -575,7 +607,7 @@ create or replace function pgflow.start_flow(flow_slug text, input jsonb, run_id
 returns setof pgflow.runs
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_slug text := start_flow.flow_slug;
@@ -638,7 +670,7 @@ create or replace function pgflow.get_run_with_states(run_id uuid)
 returns jsonb
 language sql
 stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select jsonb_build_object(
     'run', to_jsonb(r),
@@ -656,7 +688,7 @@ create or replace function pgflow.start_flow_with_states(flow_slug text, input j
 returns jsonb
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_run_id uuid;
@@ -675,7 +707,7 @@ create or replace function pgflow.start_tasks(flow_slug text, msg_ids bigint[], 
 returns setof pgflow.step_task_record
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_slug text := start_tasks.flow_slug;
@@ -758,14 +790,18 @@ $$;
 -- Completing and failing tasks
 ------------------------------------------------------------------------------------------------
 -- Locks the run, the task and its step in the usual order for a reported result, and tells
--- whether the result may be applied: only to a started task of a started step of a started run.
+-- whether the result may be applied: only to a started task of a started step of a started run,
+-- and, when the result names its attempt, only while that attempt is the task's current one.
 -- A late or duplicate result changes nothing but archiving its message; a task waiting for its
--- retry keeps its message. Returns the run's flow slug when the result applies, else NULL.
-create or replace function pgflow._lock_reported_task(p_run_id uuid, p_step_slug text, p_task_index int)
+-- retry keeps its message, and so does a task that another claim has started again (a stale
+-- result of an earlier attempt). Returns the run's flow slug when the result applies, else NULL.
+create or replace function pgflow._lock_reported_task(
+  p_run_id uuid, p_step_slug text, p_task_index int, p_attempt int
+)
 returns text
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_run pgflow.runs;
@@ -782,6 +818,9 @@ begin
   if v_task.run_id is null then
     return null;
   end if;
+  if p_attempt is not null and p_attempt <> v_task.attempts_count then
+    return null;  -- the task was claimed again since; the current attempt decides
+  end if;
   select ss.* into v_state from pgflow.step_states ss
    where ss.run_id = p_run_id and ss.step_slug = p_step_slug
   for update;
@@ -796,11 +835,15 @@ begin
 end;
 $$;
 
-create or replace function pgflow.complete_task(run_id uuid, step_slug text, task_index int, output jsonb)
+-- Our form: attempt is the attempt number the claim returned; a result for an attempt that is
+-- no longer current changes nothing (NULL: any attempt, as in the contract's form).
+create or replace function pgflow.complete_task(
+  run_id uuid, step_slug text, task_index int, output jsonb, attempt int
+)
 returns setof pgflow.step_tasks
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_run pgflow.runs;
@@ -809,7 +852,8 @@ declare
   v_step pgflow.steps;
   v_error text;
 begin
-  if pgflow._lock_reported_task(complete_task.run_id, complete_task.step_slug, complete_task.task_index) is null then
+  if pgflow._lock_reported_task(complete_task.run_id, complete_task.step_slug, complete_task.task_index,
+                                complete_task.attempt) is null then
     return;  -- a late, duplicate or foreign result
   end if;
   select r.* into v_run from pgflow.runs r where r.run_id = complete_task.run_id;
@@ -872,6 +916,17 @@ begin
 end;
 $$;
 
+-- The contract's form: the result applies to whichever attempt is current.
+create or replace function pgflow.complete_task(run_id uuid, step_slug text, task_index int, output jsonb)
+returns setof pgflow.step_tasks
+language sql
+volatile
+set search_path = pg_catalog, pg_temp
+as $$
+  select * from pgflow.complete_task(complete_task.run_id, complete_task.step_slug,
+                                     complete_task.task_index, complete_task.output, null::int);
+$$;
+
 -- A task whose attempts are used up: the step's when_exhausted decides what happens next.
 create or replace function pgflow._task_exhausted(
   p_run_id uuid, p_step_slug text, p_task_index int, p_error_message text
@@ -879,7 +934,7 @@ create or replace function pgflow._task_exhausted(
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_flow text;
@@ -906,11 +961,14 @@ begin
 end;
 $$;
 
-create or replace function pgflow.fail_task(run_id uuid, step_slug text, task_index int, error_message text)
+-- Our form: see complete_task.
+create or replace function pgflow.fail_task(
+  run_id uuid, step_slug text, task_index int, error_message text, attempt int
+)
 returns setof pgflow.step_tasks
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_run pgflow.runs;
@@ -918,7 +976,8 @@ declare
   v_max_attempts int;
   v_base_delay int;
 begin
-  if pgflow._lock_reported_task(fail_task.run_id, fail_task.step_slug, fail_task.task_index) is null then
+  if pgflow._lock_reported_task(fail_task.run_id, fail_task.step_slug, fail_task.task_index,
+                                fail_task.attempt) is null then
     return;  -- a late, duplicate or foreign result
   end if;
   select r.* into v_run from pgflow.runs r where r.run_id = fail_task.run_id;
@@ -948,4 +1007,15 @@ begin
     where t.run_id = fail_task.run_id and t.step_slug = fail_task.step_slug
       and t.task_index = fail_task.task_index;
 end;
+$$;
+
+-- The contract's form: the failure applies to whichever attempt is current.
+create or replace function pgflow.fail_task(run_id uuid, step_slug text, task_index int, error_message text)
+returns setof pgflow.step_tasks
+language sql
+volatile
+set search_path = pg_catalog, pg_temp
+as $$
+  select * from pgflow.fail_task(fail_task.run_id, fail_task.step_slug, fail_task.task_index,
+                                 fail_task.error_message, null::int);
 $$;

@@ -4,7 +4,7 @@ create or replace function pgflow.register_worker(worker_id uuid, queue_name tex
 returns pgflow.workers
 language sql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   insert into pgflow.workers (worker_id, queue_name, function_name)
   values (register_worker.worker_id, register_worker.queue_name, register_worker.function_name)
@@ -19,7 +19,7 @@ create or replace function pgflow.send_heartbeat(worker_id uuid)
 returns boolean
 language sql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   update pgflow.workers w set last_heartbeat_at = now()
    where w.worker_id = send_heartbeat.worker_id
@@ -30,7 +30,7 @@ create or replace function pgflow.mark_worker_stopped(worker_id uuid)
 returns void
 language sql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   update pgflow.workers w set stopped_at = now(), last_heartbeat_at = now()
    where w.worker_id = mark_worker_stopped.worker_id and w.stopped_at is null;
@@ -44,7 +44,7 @@ create or replace function pgflow.requeue_stalled_tasks()
 returns int
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_task record;
@@ -95,7 +95,7 @@ create or replace function pgflow.prune_data_older_than(retention_interval inter
 returns jsonb
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_cutoff timestamptz;
@@ -146,7 +146,7 @@ create or replace function pgflow.cancel_run(run_id uuid)
 returns pgflow.runs
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_run pgflow.runs;

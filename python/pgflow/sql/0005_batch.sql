@@ -2,6 +2,24 @@
 -- and report many results in one call and one transaction. The outcome is the same as calling
 -- start_tasks / complete_task / fail_task one by one in the given order.
 
+-- Scratch rows of the batched functions, held in arrays of these types (owned by the schema
+-- owner) rather than in session temp tables, which a caller could create first.
+create type pgflow._claim_item as (
+  msg_id bigint, run_id uuid, step_slug text, task_index int, attempt int, step_type text,
+  deps_count int, payload text
+);
+create type pgflow._report_item as (
+  ord int, run_id uuid, step_slug text, task_index int, output jsonb, error_message text,
+  flow_slug text, message_id bigint, bulk boolean
+);
+create type pgflow._report_step as (
+  run_id uuid, step_slug text, flow_slug text, step_type text, initial_tasks int
+);
+create type pgflow._new_step as (
+  flow_slug text, run_id uuid, step_slug text, initial_tasks int, remaining_deps int,
+  started_at timestamptz, start_delay int, step_index int
+);
+
 -- Claims up to qty visible tasks of a flow in one round trip: reads their messages (hiding each
 -- for its step's timeout + 2 s), starts the tasks, and returns what a worker needs to build the
 -- handler inputs, as raw JSON text. Two kinds of rows:
@@ -34,7 +52,7 @@ returns table (
 )
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_slug text := claim_tasks.flow_slug;
@@ -43,7 +61,7 @@ declare
   v_dead bigint[];
   v_parent record;
   v_array jsonb;
-  v_claimed int;
+  v_claims pgflow._claim_item[];
   v_sent_runs uuid[] := '{}';
   v_sent_steps text[] := '{}';
 begin
@@ -88,24 +106,10 @@ begin
     return;
   end if;
 
-  -- Scratch tables of this session. They keep their rows past commit and are emptied here
-  -- instead: ON COMMIT DELETE ROWS truncates the files at every commit, which cost 1.5 ms per
-  -- call. Deleted rows leave space behind that only TRUNCATE gives back, hence the size check.
-  if to_regclass('pg_temp.pgflow_claim') is null then
-    create temporary table pgflow_claim (
-      msg_id bigint, run_id uuid, step_slug text, task_index int, attempt int,
-      step_type text, deps_count int, payload text
-    ) on commit preserve rows;
-  end if;
-  if pg_relation_size('pg_temp.pgflow_claim') > 1048576 then
-    truncate pg_temp.pgflow_claim;
-  else
-    delete from pg_temp.pgflow_claim;
-  end if;
-
+  -- The claimed tasks are kept in an array of an owner-defined type, never in a session temp
+  -- table: a caller could create such a table first (with a trigger) and have this security
+  -- definer function run its code with the owner's rights.
   with claimable as (
-    -- driven by the message ids, so that each task is one index lookup whatever the
-    -- statistics say about the size of its run
     -- one index lookup per message whatever the statistics say (offset 0 keeps the planner
     -- from turning the lookups into a hash join over the whole table after a burst of inserts)
     select t.run_id, t.step_slug, t.task_index
@@ -129,19 +133,18 @@ begin
        and t.status = 'queued'
     returning t.message_id, t.run_id, t.step_slug, t.task_index, t.attempts_count
   )
-  insert into pg_temp.pgflow_claim
-  select c.message_id, c.run_id, c.step_slug, c.task_index, c.attempts_count, s.step_type,
-         s.deps_count, null
+  select coalesce(array_agg(row(c.message_id, c.run_id, c.step_slug, c.task_index, c.attempts_count,
+                                s.step_type, s.deps_count, null)::pgflow._claim_item
+                            order by c.message_id), '{}')
+    into v_claims
     from claimed c
     join pgflow.steps s on s.flow_slug = v_slug and s.step_slug = c.step_slug;
 
   -- messages that can never be used again: their task finished, was cancelled, or is gone
-  get diagnostics v_claimed = row_count;
-  if v_claimed < cardinality(v_msg_ids) then
+  if cardinality(v_claims) < cardinality(v_msg_ids) then
     select array_agg(m.id) into v_dead
       from unnest(v_msg_ids) m(id)
-      left join pg_temp.pgflow_claim c on c.msg_id = m.id
-     where c.msg_id is null
+     where not exists (select 1 from unnest(v_claims) c where c.msg_id = m.id)
        and not exists (
          select 1 from pgflow.step_tasks t
           where t.flow_slug = v_slug and t.message_id = m.id and t.status in ('queued', 'started'));
@@ -153,7 +156,7 @@ begin
   for v_parent in
     select c.run_id, d.dep_slug, max(pg_column_size(ps.output)) as size,
            array_agg(distinct c.step_slug) as children
-      from pg_temp.pgflow_claim c
+      from unnest(v_claims) c
       join pgflow.deps d on d.flow_slug = v_slug and d.step_slug = c.step_slug
       join pgflow.step_states ps on ps.run_id = c.run_id and ps.step_slug = d.dep_slug
      where c.step_type = 'map' and c.deps_count = 1
@@ -172,8 +175,13 @@ begin
       -- value would decompress the whole array for every element
       select ps.output || '[]'::jsonb into v_array from pgflow.step_states ps
        where ps.run_id = v_parent.run_id and ps.step_slug = v_parent.dep_slug;
-      update pg_temp.pgflow_claim c set payload = coalesce((v_array -> c.task_index)::text, 'null')
-       where c.run_id = v_parent.run_id and c.step_slug = any (v_parent.children);
+      v_claims := array(
+        select row(c.msg_id, c.run_id, c.step_slug, c.task_index, c.attempt, c.step_type, c.deps_count,
+                   case when c.run_id = v_parent.run_id and c.step_slug = any (v_parent.children)
+                        then coalesce((v_array -> c.task_index)::text, 'null')
+                        else c.payload end)::pgflow._claim_item
+          from unnest(v_claims) with ordinality as c
+         order by c.ordinality);
     end if;
   end loop;
 
@@ -192,7 +200,7 @@ begin
               else 1 end,
          sd.deps,
          c.payload
-    from pg_temp.pgflow_claim c
+    from unnest(v_claims) c
     join step_deps sd on sd.step_slug = c.step_slug
    order by c.msg_id;
 
@@ -201,7 +209,7 @@ begin
   select 'blob'::text, null::bigint, r.run_id::text, ''::text, null::int, null::int, null::int,
          null::text[], r.input::text
     from pgflow.runs r
-   where r.run_id in (select c.run_id from pg_temp.pgflow_claim c where c.deps_count = 0);
+   where r.run_id in (select c.run_id from unnest(v_claims) c where c.deps_count = 0);
 
   -- dependency outputs of dependent single steps, once per (run, dependency) and call
   return query
@@ -211,7 +219,7 @@ begin
    where ps.status = 'completed'
      and (ps.run_id, ps.step_slug) in (
        select distinct c.run_id, d.dep_slug
-         from pg_temp.pgflow_claim c
+         from unnest(v_claims) c
          join pgflow.deps d on d.flow_slug = v_slug and d.step_slug = c.step_slug
         where c.step_type = 'single' and c.deps_count > 0)
      and not exists (
@@ -226,7 +234,7 @@ create or replace function pgflow._events_enabled()
 returns boolean
 language sql
 stable
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
   select to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null
       or coalesce(current_setting('pgflow.events', true), '') = 'on';
@@ -239,27 +247,16 @@ create or replace function pgflow._advance_runs_bulk(p_run_ids uuid[], p_events 
 returns void
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
+  v_new pgflow._new_step[];
   v_group record;
   v_ids bigint[];
   v_state record;
   v_run pgflow.runs;
   v_wake text[];
 begin
-  if to_regclass('pg_temp.pgflow_new_steps') is null then
-    create temporary table pgflow_new_steps (
-      flow_slug text, run_id uuid, step_slug text, initial_tasks int, remaining_deps int,
-      started_at timestamptz, start_delay int, step_index int
-    ) on commit preserve rows;
-  end if;
-  if pg_relation_size('pg_temp.pgflow_new_steps') > 1048576 then
-    truncate pg_temp.pgflow_new_steps;
-  else
-    delete from pg_temp.pgflow_new_steps;
-  end if;
-
   with started as (
     update pgflow.step_states ss
        set status = 'started', started_at = now(), remaining_tasks = ss.initial_tasks
@@ -268,13 +265,15 @@ begin
        and ss.status = 'created' and ss.remaining_deps = 0 and ss.initial_tasks > 0
     returning ss.flow_slug, ss.run_id, ss.step_slug, ss.initial_tasks, ss.remaining_deps, ss.started_at
   )
-  insert into pg_temp.pgflow_new_steps
-  select st.*, coalesce(s.opt_start_delay, 0), s.step_index
+  select coalesce(array_agg(row(st.flow_slug, st.run_id, st.step_slug, st.initial_tasks, st.remaining_deps,
+                                st.started_at, coalesce(s.opt_start_delay, 0), s.step_index)::pgflow._new_step),
+                  '{}')
+    into v_new
     from started st join pgflow.steps s on s.flow_slug = st.flow_slug and s.step_slug = st.step_slug;
 
   -- one message batch per flow and start delay; ids follow insertion order
   for v_group in
-    select n.flow_slug, n.start_delay from pg_temp.pgflow_new_steps n group by n.flow_slug, n.start_delay
+    select n.flow_slug, n.start_delay from unnest(v_new) n group by n.flow_slug, n.start_delay
   loop
     select array_agg(m.id order by m.id) into v_ids
       from pgmq.send_batch(
@@ -282,7 +281,7 @@ begin
         array(
           select jsonb_build_object('flow_slug', n.flow_slug, 'run_id', n.run_id,
                                     'step_slug', n.step_slug, 'task_index', i)
-            from pg_temp.pgflow_new_steps n, generate_series(0, n.initial_tasks - 1) i
+            from unnest(v_new) n, generate_series(0, n.initial_tasks - 1) i
            where n.flow_slug = v_group.flow_slug and n.start_delay = v_group.start_delay
            order by n.run_id, n.step_slug, i),
         v_group.start_delay) as m(id);
@@ -291,7 +290,7 @@ begin
       from (
         select n.flow_slug, n.run_id, n.step_slug, i,
                row_number() over (order by n.run_id, n.step_slug, i) as ord
-          from pg_temp.pgflow_new_steps n, generate_series(0, n.initial_tasks - 1) i
+          from unnest(v_new) n, generate_series(0, n.initial_tasks - 1) i
          where n.flow_slug = v_group.flow_slug and n.start_delay = v_group.start_delay
       ) t;
     if v_group.start_delay = 0 then
@@ -300,7 +299,7 @@ begin
   end loop;
 
   if p_events then
-    for v_state in select n.* from pg_temp.pgflow_new_steps n order by n.run_id, n.step_index loop
+    for v_state in select n.* from unnest(v_new) n order by n.run_id, n.step_index loop
       perform pgflow._emit(v_state.run_id, 'step:' || v_state.step_slug || ':started', jsonb_build_object(
         'event_type', 'step:started',
         'run_id', v_state.run_id,
@@ -340,9 +339,11 @@ end;
 $$;
 
 -- Reports many results in one transaction. Item i is a completion with outputs[i] when
--- error_messages[i] is NULL, otherwise a failure with that message. The outcome is the same as
--- calling complete_task / fail_task for each item in order; most of the work is done set by
--- set:
+-- error_messages[i] is NULL, otherwise a failure with that message. attempts[i], when given, is
+-- the attempt the result answers (the attempt number the claim returned): a result for an
+-- attempt that is no longer current (the task was requeued and claimed again meanwhile) changes
+-- nothing. The outcome is the same as calling complete_task / fail_task for each item in order;
+-- most of the work is done set by set:
 --   * a run whose items are all completions of running tasks is completed set-based: tasks,
 --     step counters, step outputs, dependents, newly ready steps and finished runs, with one
 --     statement each for the whole batch. This is exact: nothing but a type violation or a
@@ -350,24 +351,27 @@ $$;
 --     where either could happen are left to the per-task path;
 --   * for other runs, the completions that only count a map step down and come before anything
 --     else of their run are applied set-based, the rest with complete_task / fail_task in order.
--- Late, duplicate and foreign items are ignored one by one. Returns the number of items that
--- took effect.
+-- Late, duplicate, stale and foreign items are ignored one by one. Returns the number of items
+-- that took effect.
 create or replace function pgflow.report_tasks(
   run_ids uuid[],
   step_slugs text[],
   task_indexes int[],
   outputs jsonb,
-  error_messages text[] default null
+  error_messages text[] default null,
+  attempts int[] default null
 )
 returns int
 language plpgsql
 volatile
-set search_path = ''
+set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_n int := coalesce(cardinality(report_tasks.run_ids), 0);
   v_applied int := 0;
   v_done int;
+  v_items pgflow._report_item[];
+  v_steps pgflow._report_step[];
   v_item record;
   v_flow_msgs record;
   v_events boolean := pgflow._events_enabled();
@@ -380,9 +384,11 @@ begin
      or coalesce(cardinality(report_tasks.task_indexes), 0) <> v_n
      or (report_tasks.outputs is not null and jsonb_typeof(report_tasks.outputs) <> 'array')
      or coalesce(jsonb_array_length(coalesce(report_tasks.outputs, '[]')), 0) not in (0, v_n)
-     or (report_tasks.error_messages is not null and cardinality(report_tasks.error_messages) <> v_n) then
-    raise exception 'report_tasks: run_ids, step_slugs, task_indexes, outputs (a JSON array) and '
-      'error_messages must all have one element per item (% items)', v_n using errcode = '22023';
+     or (report_tasks.error_messages is not null and cardinality(report_tasks.error_messages) <> v_n)
+     or (report_tasks.attempts is not null and cardinality(report_tasks.attempts) <> v_n) then
+    raise exception 'report_tasks: run_ids, step_slugs, task_indexes, outputs (a JSON array), '
+      'error_messages and attempts must all have one element per item (% items)', v_n
+      using errcode = '22023';
   end if;
   if v_n = 0 then
     return 0;
@@ -392,10 +398,11 @@ begin
     -- set-up, which keeps the latency of a hop low
     if report_tasks.error_messages is null or report_tasks.error_messages[1] is null then
       perform 1 from pgflow.complete_task(report_tasks.run_ids[1], report_tasks.step_slugs[1],
-        report_tasks.task_indexes[1], coalesce(report_tasks.outputs -> 0, 'null'::jsonb));
+        report_tasks.task_indexes[1], coalesce(report_tasks.outputs -> 0, 'null'::jsonb),
+        report_tasks.attempts[1]);
     else
       perform 1 from pgflow.fail_task(report_tasks.run_ids[1], report_tasks.step_slugs[1],
-        report_tasks.task_indexes[1], report_tasks.error_messages[1]);
+        report_tasks.task_indexes[1], report_tasks.error_messages[1], report_tasks.attempts[1]);
     end if;
     return case when found then 1 else 0 end;
   end if;
@@ -406,36 +413,16 @@ begin
    order by r.run_id
   for update;
 
-  if to_regclass('pg_temp.pgflow_report') is null then
-    create temporary table pgflow_report (
-      ord int, run_id uuid, step_slug text, task_index int, output jsonb, error_message text,
-      flow_slug text, message_id bigint, bulk boolean
-    ) on commit preserve rows;
-    create temporary table pgflow_report_steps (
-      run_id uuid, step_slug text, flow_slug text, step_type text, initial_tasks int
-    ) on commit preserve rows;
-  end if;
-  if pg_relation_size('pg_temp.pgflow_report') > 1048576 then
-    truncate pg_temp.pgflow_report;
-  else
-    delete from pg_temp.pgflow_report;
-  end if;
-  if pg_relation_size('pg_temp.pgflow_report_steps') > 1048576 then
-    truncate pg_temp.pgflow_report_steps;
-  else
-    delete from pg_temp.pgflow_report_steps;
-  end if;
-
-  insert into pg_temp.pgflow_report
   with items as (
     select i.ord::int as ord, i.run_id, i.step_slug, i.task_index,
            report_tasks.outputs -> (i.ord::int - 1) as output,
-           report_tasks.error_messages[i.ord] as error_message
+           report_tasks.error_messages[i.ord] as error_message,
+           report_tasks.attempts[i.ord] as attempt
       from unnest(report_tasks.run_ids, report_tasks.step_slugs, report_tasks.task_indexes)
            with ordinality as i(run_id, step_slug, task_index, ord)
   ), facts as (
-    select it.*, t.flow_slug, t.message_id, t.status as task_status, ss.status as step_status,
-           ss.remaining_tasks, r.status as run_status, s.step_type,
+    select it.*, t.flow_slug, t.message_id, t.status as task_status, t.attempts_count,
+           ss.status as step_status, ss.remaining_tasks, r.status as run_status, s.step_type,
            row_number() over (partition by it.run_id, it.step_slug, it.task_index order by it.ord) as dup_rank,
            row_number() over (partition by it.run_id, it.step_slug order by it.ord) as step_rank,
            -- a single step that feeds a map of unknown size must produce an array
@@ -451,7 +438,7 @@ begin
       from items it
       -- lookups by primary key, one per item (offset 0: see claim_tasks)
       left join lateral (
-        select t.flow_slug, t.message_id, t.status from pgflow.step_tasks t
+        select t.flow_slug, t.message_id, t.status, t.attempts_count from pgflow.step_tasks t
          where t.run_id = it.run_id and t.step_slug = it.step_slug and t.task_index = it.task_index
         offset 0
       ) t on true
@@ -467,33 +454,38 @@ begin
     -- must count as not valid rather than be skipped by bool_and
     select f.*,
            coalesce(f.error_message is null and f.run_status = 'started' and f.step_status = 'started'
-                    and f.task_status = 'started' and f.dup_rank = 1, false) as valid,
-           coalesce(f.error_message is null and f.run_status = 'started' and f.step_status = 'started'
-                    and f.task_status = 'started' and f.dup_rank = 1 and f.step_type = 'map'
-                    and f.step_rank < f.remaining_tasks, false) as counts_down
+                    and f.task_status = 'started' and f.dup_rank = 1
+                    and (f.attempt is null or f.attempt = f.attempts_count), false) as valid
       from facts f
+  ), counted as (
+    select c.*,
+           coalesce(c.valid and c.step_type = 'map' and c.step_rank < c.remaining_tasks, false) as counts_down
+      from classified c
   ), per_run as (
     select c.*,
            bool_and(c.valid and not coalesce(c.may_violate, true) and not coalesce(c.may_fail_condition, true))
              over (partition by c.run_id) as whole_run,
            min(case when not c.counts_down then c.ord end) over (partition by c.run_id) as first_other
-      from classified c
+      from counted c
   )
-  select p.ord, p.run_id, p.step_slug, p.task_index, p.output, p.error_message, p.flow_slug,
-         p.message_id,
-         coalesce(p.whole_run or (p.counts_down and p.ord < coalesce(p.first_other, 2147483647)), false)
+  select array_agg(row(p.ord, p.run_id, p.step_slug, p.task_index, p.output, p.error_message, p.flow_slug,
+                       p.message_id,
+                       coalesce(p.whole_run or (p.counts_down and p.ord < coalesce(p.first_other, 2147483647)),
+                                false))::pgflow._report_item
+                   order by p.ord)
+    into v_items
     from per_run p;
 
   -- tasks
   update pgflow.step_tasks t
      set status = 'completed', completed_at = now(), output = coalesce(x.output, 'null'::jsonb)
-    from pg_temp.pgflow_report x
+    from unnest(v_items) x
    where x.bulk and t.run_id = x.run_id and t.step_slug = x.step_slug and t.task_index = x.task_index
      and t.flow_slug = x.flow_slug and t.message_id = x.message_id;
   get diagnostics v_applied = row_count;
 
   for v_flow_msgs in
-    select x.flow_slug, array_agg(x.message_id) as ids from pg_temp.pgflow_report x
+    select x.flow_slug, array_agg(x.message_id) as ids from unnest(v_items) x
      where x.bulk and x.message_id is not null group by x.flow_slug
   loop
     perform pgflow._archive_messages(v_flow_msgs.flow_slug, v_flow_msgs.ids);
@@ -502,16 +494,17 @@ begin
   -- step counters; the steps that reach zero complete
   with counted as (
     update pgflow.step_states ss set remaining_tasks = ss.remaining_tasks - g.n
-      from (select x.run_id, x.step_slug, count(*)::int as n from pg_temp.pgflow_report x
+      from (select x.run_id, x.step_slug, count(*)::int as n from unnest(v_items) x
              where x.bulk group by x.run_id, x.step_slug) g
      where ss.run_id = g.run_id and ss.step_slug = g.step_slug
     returning ss.run_id, ss.step_slug, ss.flow_slug, ss.remaining_tasks, ss.initial_tasks
   )
-  insert into pg_temp.pgflow_report_steps
-  select c.run_id, c.step_slug, c.flow_slug, s.step_type, c.initial_tasks
+  select coalesce(array_agg(row(c.run_id, c.step_slug, c.flow_slug, s.step_type, c.initial_tasks)::pgflow._report_step),
+                  '{}')
+    into v_steps
     from counted c join pgflow.steps s on s.flow_slug = c.flow_slug and s.step_slug = c.step_slug
    where c.remaining_tasks = 0;
-  get diagnostics v_done = row_count;
+  v_done := cardinality(v_steps);
 
   if v_done > 0 then
     update pgflow.step_states ss
@@ -522,7 +515,7 @@ begin
                 where t.run_id = d.run_id and t.step_slug = d.step_slug)
              else (select t.output from pgflow.step_tasks t
                     where t.run_id = d.run_id and t.step_slug = d.step_slug and t.task_index = 0) end
-      from pg_temp.pgflow_report_steps d
+      from unnest(v_steps) d
      where ss.run_id = d.run_id and ss.step_slug = d.step_slug;
 
     -- dependents lose one dependency per completed parent; a dependent map learns its size
@@ -535,7 +528,7 @@ begin
                         when d.step_type = 'map' then d.initial_tasks
                         when jsonb_typeof(ps.output) = 'array' then jsonb_array_length(ps.output)
                         else 0 end) as map_size
-          from pg_temp.pgflow_report_steps d
+          from unnest(v_steps) d
           join pgflow.deps dep on dep.flow_slug = d.flow_slug and dep.dep_slug = d.step_slug
           join pgflow.steps cs on cs.flow_slug = dep.flow_slug and cs.step_slug = dep.step_slug
           join pgflow.step_states ps on ps.run_id = d.run_id and ps.step_slug = d.step_slug
@@ -544,13 +537,13 @@ begin
      where child.run_id = e.run_id and child.step_slug = e.step_slug and child.status = 'created';
 
     update pgflow.runs r set remaining_steps = r.remaining_steps - g.n
-      from (select d.run_id, count(*)::int as n from pg_temp.pgflow_report_steps d group by d.run_id) g
+      from (select d.run_id, count(*)::int as n from unnest(v_steps) d group by d.run_id) g
      where r.run_id = g.run_id;
 
     if v_events then
       for v_state in
         select ss.run_id, ss.step_slug, ss.output, ss.completed_at
-          from pg_temp.pgflow_report_steps d
+          from unnest(v_steps) d
           join pgflow.step_states ss on ss.run_id = d.run_id and ss.step_slug = d.step_slug
           join pgflow.steps s on s.flow_slug = d.flow_slug and s.step_slug = d.step_slug
          order by d.run_id, s.step_index
@@ -566,7 +559,7 @@ begin
     end if;
 
     -- move the runs on: set by set where no ready step needs a condition check or has no tasks
-    select array_agg(distinct d.run_id) into v_runs from pg_temp.pgflow_report_steps d;
+    select array_agg(distinct d.run_id) into v_runs from unnest(v_steps) d;
     select array_agg(distinct ss.run_id) into v_general
       from pgflow.step_states ss
       join pgflow.steps s on s.flow_slug = ss.flow_slug and s.step_slug = ss.step_slug
@@ -581,13 +574,14 @@ begin
       array(select r from unnest(v_runs) r where not (r = any (v_general))), v_events);
   end if;
 
-  for v_item in select x.* from pg_temp.pgflow_report x where not x.bulk order by x.ord loop
+  for v_item in select x.* from unnest(v_items) x where not x.bulk order by x.ord loop
     if v_item.error_message is null then
       perform 1 from pgflow.complete_task(v_item.run_id, v_item.step_slug, v_item.task_index,
-                                          coalesce(v_item.output, 'null'::jsonb));
+                                          coalesce(v_item.output, 'null'::jsonb),
+                                          report_tasks.attempts[v_item.ord]);
     else
       perform 1 from pgflow.fail_task(v_item.run_id, v_item.step_slug, v_item.task_index,
-                                      v_item.error_message);
+                                      v_item.error_message, report_tasks.attempts[v_item.ord]);
     end if;
     if found then
       v_applied := v_applied + 1;
@@ -596,4 +590,3 @@ begin
   return v_applied;
 end;
 $$;
-

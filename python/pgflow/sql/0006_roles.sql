@@ -1,7 +1,9 @@
--- Roles (our addition, contract section 9): pgflow_worker runs tasks, pgflow_client starts and
--- watches runs. Both get only EXECUTE on the functions they call and SELECT on the tables; the
--- functions they call run with their owner's rights (security definer, with an empty
--- search_path), so neither role can write a table directly. Nothing is granted to PUBLIC.
+-- Roles (our addition): pgflow_worker runs tasks, pgflow_client starts and watches runs. Both
+-- get only EXECUTE on the functions they call and SELECT on pgflow's tables; the functions they
+-- call run with their owner's rights (security definer, search_path pinned to pg_catalog with
+-- pg_temp last, and no use of objects a caller can create), so neither role can write a table
+-- directly. Neither gets any right on pgmq's tables; nothing is granted to PUBLIC. Destroying a
+-- flow's data (ensure_flow_compiled with allow_data_loss, delete_flow_and_data) takes the owner.
 -- Grant a role to a login: `grant pgflow_worker to my_worker_login;`.
 
 do $$
@@ -32,10 +34,13 @@ alter function pgflow.get_run_with_states(uuid) security definer;
 alter function pgflow.cancel_run(uuid) security definer;
 alter function pgflow.ensure_flow_compiled(text, jsonb, boolean) security definer;
 alter function pgflow.start_tasks(text, bigint[], uuid) security definer;
+alter function pgflow.read_with_poll(text, int, int, int, int, jsonb) security definer;
 alter function pgflow.complete_task(uuid, text, int, jsonb) security definer;
+alter function pgflow.complete_task(uuid, text, int, jsonb, int) security definer;
 alter function pgflow.fail_task(uuid, text, int, text) security definer;
+alter function pgflow.fail_task(uuid, text, int, text, int) security definer;
 alter function pgflow.claim_tasks(text, uuid, int, int) security definer;
-alter function pgflow.report_tasks(uuid[], text[], int[], jsonb, text[]) security definer;
+alter function pgflow.report_tasks(uuid[], text[], int[], jsonb, text[], int[]) security definer;
 alter function pgflow.register_worker(uuid, text, text) security definer;
 alter function pgflow.send_heartbeat(uuid) security definer;
 alter function pgflow.mark_worker_stopped(uuid) security definer;
@@ -63,20 +68,17 @@ begin
 
   if exists (select 1 from pg_roles where rolname = 'pgflow_worker') then
     grant execute on function pgflow.start_tasks(text, bigint[], uuid) to pgflow_worker;
+    grant execute on function pgflow.read_with_poll(text, int, int, int, int, jsonb) to pgflow_worker;
     grant execute on function pgflow.complete_task(uuid, text, int, jsonb) to pgflow_worker;
+    grant execute on function pgflow.complete_task(uuid, text, int, jsonb, int) to pgflow_worker;
     grant execute on function pgflow.fail_task(uuid, text, int, text) to pgflow_worker;
+    grant execute on function pgflow.fail_task(uuid, text, int, text, int) to pgflow_worker;
     grant execute on function pgflow.claim_tasks(text, uuid, int, int) to pgflow_worker;
-    grant execute on function pgflow.report_tasks(uuid[], text[], int[], jsonb, text[]) to pgflow_worker;
+    grant execute on function pgflow.report_tasks(uuid[], text[], int[], jsonb, text[], int[]) to pgflow_worker;
     grant execute on function pgflow.register_worker(uuid, text, text) to pgflow_worker;
     grant execute on function pgflow.send_heartbeat(uuid) to pgflow_worker;
     grant execute on function pgflow.mark_worker_stopped(uuid) to pgflow_worker;
     grant execute on function pgflow.requeue_stalled_tasks() to pgflow_worker;
-    -- the per-task path reads messages with pgmq.read, which works on the queue tables directly
-    grant usage on schema pgmq to pgflow_worker;
-    grant execute on function pgmq.read(text, integer, integer, jsonb) to pgflow_worker;
-    grant execute on function pgmq.format_table_name(text, text) to pgflow_worker;
-    grant select, update on all tables in schema pgmq to pgflow_worker;
-    alter default privileges in schema pgmq grant select, update on tables to pgflow_worker;
   end if;
 end;
 $$;
