@@ -1,1 +1,1 @@
-python/pgflow/sql
+python/pgflow/db/sql

@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from pgflow import codec
 from pgflow.codec import MODE_DEPS, MODE_FLOW_INPUT, MODE_MAP
+from pgflow.codec import twin as codec
 
 try:
     from pgflow import _core

@@ -61,7 +61,7 @@ impl CoreError {
         }
     }
 
-    /// Name of the Python exception class (in `pgflow.core_errors`) this error maps to.
+    /// Name of the Python exception class (in `pgflow.errors`) this error maps to.
     pub fn class_name(&self) -> &'static str {
         match self {
             CoreError::InvalidJson { .. }

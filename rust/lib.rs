@@ -29,7 +29,7 @@ mod python {
 
     use crate::error::CoreError;
 
-    /// The exception classes of `pgflow.core_errors`, imported once. The Rust core raises these
+    /// The exception classes of `pgflow.errors`, imported once. The Rust core raises these
     /// very classes, so `except InvalidJson` works the same for it and for the Python twin.
     struct ErrorClasses {
         core: Py<PyType>,
@@ -44,7 +44,7 @@ mod python {
 
     fn classes(py: Python<'_>) -> PyResult<&ErrorClasses> {
         ERRORS.get_or_try_init(py, || {
-            let module = py.import("pgflow.core_errors")?;
+            let module = py.import("pgflow.errors")?;
             let get = |name: &str| -> PyResult<Py<PyType>> {
                 Ok(module.getattr(name)?.downcast_into::<PyType>()?.unbind())
             };
@@ -71,7 +71,7 @@ mod python {
         }
     }
 
-    /// Converts a core error into the matching `pgflow.core_errors` exception.
+    /// Converts a core error into the matching `pgflow.errors` exception.
     pub(crate) fn core_err(py: Python<'_>, error: CoreError) -> PyErr {
         let classes = match classes(py) {
             Ok(c) => c,

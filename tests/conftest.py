@@ -21,7 +21,7 @@ Fixtures
     embedded_test_dir (session) -> Path
         The tests' embedded data directory (whether or not the embedded server is in use).
     migrated_template (session) -> str
-        Name of a database `pgflow_tpl_<hex>` migrated with `pgflow.migrate.migrate` (pgmq plus
+        Name of a database `pgflow_tpl_<hex>` migrated with `pgflow.db.migrations.migrate` (pgmq plus
         every shipped migration), dropped at session end. Do not connect to it: a database with
         connections cannot be cloned.
     new_database (function) -> Callable[[str | None], str]
@@ -62,9 +62,9 @@ import pytest
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from pgflow import embedded
-from pgflow.dsn import DSN_ENV_VARS
-from pgflow.migrate import migrate
+from pgflow.db import embedded
+from pgflow.db.dsn import DSN_ENV_VARS
+from pgflow.db.migrations import migrate
 
 TEST_DSN_ENV = "PGFLOW_TEST_DSN"
 TEST_EMBEDDED_DIR_ENV = "PGFLOW_TEST_EMBEDDED_DIR"

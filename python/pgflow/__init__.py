@@ -1,7 +1,8 @@
 """pgflow for Python: a Postgres-native DAG workflow engine.
 
 Define flows with `Flow`, run them with `Worker`, and start and watch runs with `Client` /
-`AsyncClient`. `migrate(dsn)` installs pgmq and the pgflow schema.
+`AsyncClient`. `migrate(dsn)` installs pgmq and the pgflow schema. Every exception derives from
+`PgflowError` and is exported here.
 """
 
 from __future__ import annotations
@@ -11,37 +12,87 @@ __version__ = "0.1.0"
 from pgflow.client import (
     AsyncClient,
     Client,
+    FlowDefinition,
     Run,
+    StepDefinition,
+    StepState,
+    TaskState,
+)
+from pgflow.context import Context
+from pgflow.db.migrations import migrate
+from pgflow.errors import (
+    BenchError,
+    ConfigError,
+    CoreError,
+    DatabaseUnavailable,
+    ElementOutOfRange,
+    EmbeddedUnavailable,
+    ExecutorBusyError,
+    ExecutorClosedError,
+    ExecutorError,
+    FlowDefinitionError,
+    FlowInputUnavailable,
+    FlowLoadError,
+    FlowMismatch,
+    HandlerOutputError,
+    InputValidationError,
+    InvalidJson,
+    MigrationError,
+    MissingBlob,
+    NotAnArray,
+    PgflowError,
+    PluginError,
     RunCancelled,
     RunFailed,
     RunNotFound,
-    StepState,
-    TaskState,
+    SchemaTooNew,
+    UnencodableValue,
+    UnknownStepError,
     WaitTimeout,
 )
-from pgflow.context import Context
-from pgflow.errors import PgflowError
 from pgflow.flow import Flow, load_flow
-from pgflow.flow_errors import FlowDefinitionError, InputValidationError
-from pgflow.migrate import migrate
-from pgflow.worker import Worker
+from pgflow.worker import Worker, WorkerOptions
 
 __all__ = [
     "AsyncClient",
+    "BenchError",
     "Client",
+    "ConfigError",
     "Context",
+    "CoreError",
+    "DatabaseUnavailable",
+    "ElementOutOfRange",
+    "EmbeddedUnavailable",
+    "ExecutorBusyError",
+    "ExecutorClosedError",
+    "ExecutorError",
     "Flow",
+    "FlowDefinition",
     "FlowDefinitionError",
+    "FlowInputUnavailable",
+    "FlowLoadError",
+    "FlowMismatch",
+    "HandlerOutputError",
     "InputValidationError",
+    "InvalidJson",
+    "MigrationError",
+    "MissingBlob",
+    "NotAnArray",
     "PgflowError",
+    "PluginError",
     "Run",
     "RunCancelled",
     "RunFailed",
     "RunNotFound",
+    "SchemaTooNew",
+    "StepDefinition",
     "StepState",
     "TaskState",
+    "UnencodableValue",
+    "UnknownStepError",
     "WaitTimeout",
     "Worker",
+    "WorkerOptions",
     "__version__",
     "load_flow",
     "migrate",

@@ -1,7 +1,7 @@
 """Type stub and reference of the Rust extension `pgflow._core`.
 
-The pure-Python twin `pgflow.codec` has the same functions and semantics; `pgflow.fastpath`
-picks one. Exceptions come from `pgflow.core_errors` and carry ``position``, the index of the
+The pure-Python twin `pgflow.codec` has the same functions and semantics; `pgflow.codec`
+picks one. Exceptions come from `pgflow.errors` and carry ``position``, the index of the
 failing task / item / output in the sequence passed in.
 
 Blobs map a key to raw JSON text (as PostgreSQL's ``jsonb::text`` prints it): the run input

@@ -1,8 +1,10 @@
-"""Start, watch, wait for and cancel runs, from Python.
+"""Start, watch, wait for and cancel runs, and read flow definitions, from Python.
 
-`Client` and `AsyncClient` offer the same methods. Both are thin: every query lives in
-`_queries` below and every row becomes a dataclass in one place, so the two differ only in how
-they talk to the database.
+`Client` and `AsyncClient` offer the same methods with one body: each method is written once,
+in `_Plans`, as a generator that yields what it needs done (`_Query`: run this statement and
+send me its rows; `_Sleep`: wait this long) and returns the result. `Client` drives a plan with
+a blocking connection and `time.sleep`, `AsyncClient` with an async connection and
+`asyncio.sleep`; nothing else differs. Every statement the clients send is in `_SQL`.
 """
 
 from __future__ import annotations
@@ -10,54 +12,46 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgflow.db import connect, unavailable
-from pgflow.dsn import resolve_dsn
-from pgflow.errors import PgflowError
+from pgflow.db.compile import ENSURE_FLOW_COMPILED, check_compiled, compile_params
+from pgflow.db.connection import connect, connection_defaults, unavailable
+from pgflow.db.dsn import resolve_dsn
+from pgflow.errors import (
+    PgflowError,
+    RunCancelled,
+    RunFailed,
+    RunNotFound,
+    WaitTimeout,
+)
 from pgflow.flow import Flow
 
 __all__ = [
     "AsyncClient",
     "Client",
+    "FlowDefinition",
     "Run",
     "RunCancelled",
     "RunFailed",
     "RunNotFound",
+    "StepDefinition",
     "StepState",
     "TaskState",
     "WaitTimeout",
 ]
 
-
-class RunNotFound(PgflowError, LookupError):
-    """No run has this id."""
+T = TypeVar("T")
 
 
-class RunFailed(PgflowError):
-    """The run failed; `error` says why and `run` holds its final state."""
-
-    def __init__(self, run: Run) -> None:
-        self.run = run
-        self.run_id = run.run_id
-        self.error = run.error_message or run.failure_reason() or "unknown error"
-        super().__init__(f"run {run.run_id} of flow {run.flow_slug!r} {run.status}: {self.error}")
-
-
-class RunCancelled(RunFailed):
-    """The run was cancelled."""
-
-
-class WaitTimeout(PgflowError, TimeoutError):
-    """The run did not finish within the time given to `wait`."""
+# -- what the clients return --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -130,15 +124,59 @@ class Run:
         return None
 
 
-class _queries:
-    RUN = (
-        "select run_id::text, flow_slug, status, input, output, error_message, remaining_steps, "
-        "started_at, completed_at, failed_at, cancelled_at from pgflow.runs where run_id = %s"
-    )
+@dataclass(frozen=True)
+class StepDefinition:
+    """A step as the database defines it, with its options resolved the way the SQL does."""
+
+    step_slug: str
+    step_type: str
+    dependencies: tuple[str, ...]
+    max_attempts: int
+    base_delay: int
+    timeout: int
+    start_delay: int
+    required_input_pattern: Any
+    forbidden_input_pattern: Any
+    when_unmet: str
+    when_exhausted: str
+
+
+@dataclass(frozen=True)
+class FlowDefinition:
+    """A flow as the database defines it. `steps` is filled by `Client.flow(slug)` only."""
+
+    flow_slug: str
+    max_attempts: int
+    base_delay: int
+    timeout: int
+    created_at: datetime
+    step_count: int
+    run_count: int
+    steps: tuple[StepDefinition, ...] = ()
+
+
+# -- the statements -------------------------------------------------------------------------------
+
+_RUN_COLUMNS = (
+    "run_id::text, flow_slug, status, input, output, error_message, remaining_steps, "
+    "started_at, completed_at, failed_at, cancelled_at"
+)
+_FLOW_COLUMNS = (
+    "f.flow_slug, f.opt_max_attempts as max_attempts, f.opt_base_delay as base_delay, "
+    "f.opt_timeout as timeout, f.created_at, "
+    "(select count(*) from pgflow.steps s where s.flow_slug = f.flow_slug)::int as step_count, "
+    "(select count(*) from pgflow.runs r where r.flow_slug = f.flow_slug)::int as run_count"
+)
+_DEPENDENCIES = (
+    "coalesce((select array_agg(d.dep_slug order by d.dep_slug) from pgflow.deps d "
+    "where d.flow_slug = s.flow_slug and d.step_slug = s.step_slug), '{}') as dependencies"
+)
+
+
+class _SQL:
+    RUN = f"select {_RUN_COLUMNS} from pgflow.runs where run_id = %s"
     STEPS = (
-        "select ss.step_slug, s.step_type, s.step_index, "
-        "coalesce((select array_agg(d.dep_slug order by d.dep_slug) from pgflow.deps d "
-        "where d.flow_slug = s.flow_slug and d.step_slug = s.step_slug), '{}') as dependencies, "
+        f"select ss.step_slug, s.step_type, s.step_index, {_DEPENDENCIES}, "
         "ss.status, ss.initial_tasks, ss.remaining_tasks, ss.remaining_deps, ss.output, "
         "ss.error_message, ss.skip_reason, ss.created_at, ss.started_at, ss.completed_at, "
         "ss.failed_at, ss.skipped_at "
@@ -153,8 +191,19 @@ class _queries:
     )
     STATUS = "select status from pgflow.runs where run_id = %s"
     START = "select run_id::text from pgflow.start_flow(%s, %s, %s)"
-    COMPILE = "select pgflow.ensure_flow_compiled(%s, %s, false)"
     CANCEL = "select status from pgflow.cancel_run(%s)"
+    FLOWS = f"select {_FLOW_COLUMNS} from pgflow.flows f order by f.flow_slug"
+    FLOW = f"select {_FLOW_COLUMNS} from pgflow.flows f where f.flow_slug = %s"
+    FLOW_STEPS = (
+        f"select s.step_slug, s.step_type, {_DEPENDENCIES}, "
+        "coalesce(s.opt_max_attempts, f.opt_max_attempts) as max_attempts, "
+        "coalesce(s.opt_base_delay, f.opt_base_delay) as base_delay, "
+        "coalesce(s.opt_timeout, f.opt_timeout) as timeout, "
+        "coalesce(s.opt_start_delay, 0) as start_delay, "
+        "s.required_input_pattern, s.forbidden_input_pattern, s.when_unmet, s.when_exhausted "
+        "from pgflow.steps s join pgflow.flows f on f.flow_slug = s.flow_slug "
+        "where s.flow_slug = %s order by s.step_index"
+    )
 
     @staticmethod
     def runs(flow: str | None, status: str | None, limit: int) -> tuple[str, list[Any]]:
@@ -169,15 +218,141 @@ class _queries:
         clause = f"where {' and '.join(where)} " if where else ""
         params.append(limit)
         return (
-            "select run_id::text, flow_slug, status, input, output, error_message, "
-            "remaining_steps, started_at, completed_at, failed_at, cancelled_at "
-            f"from pgflow.runs {clause}order by started_at desc limit %s",
+            f"select {_RUN_COLUMNS} from pgflow.runs {clause}order by started_at desc limit %s",
             params,
         )
 
 
-def _run_from(row: dict[str, Any], steps: Sequence[StepState] = ()) -> Run:
-    return Run(steps=tuple(steps), **row)
+# -- one body for both clients --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """Run `sql` with `params`; the plan receives the rows as dicts."""
+
+    sql: str
+    params: Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sleep:
+    """Wait `seconds`; the plan receives None."""
+
+    seconds: float
+
+
+_Plan = Generator[_Query | _Sleep, Any, T]
+
+# how long `wait` sleeps between looks: short at first (most runs are quick), then longer
+_WAIT_STEPS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25)
+
+
+class _Plans:
+    """Every client method, written once. A database error raised by a `_Query` is thrown into
+    the plan, which may translate it."""
+
+    def __init__(self) -> None:
+        self.compiled: set[str] = set()
+
+    def start(self, flow: Flow | str, input: Any, run_id: str | UUID | None) -> _Plan[str]:
+        slug = flow.slug if isinstance(flow, Flow) else flow
+        if isinstance(flow, Flow) and slug not in self.compiled:
+            rows = yield _Query(ENSURE_FLOW_COMPILED, compile_params(slug, flow.shape()))
+            check_compiled(slug, rows[0]["result"])
+            self.compiled.add(slug)
+        rows = yield _Query(_SQL.START, (slug, Jsonb(input), run_id))
+        return str(rows[0]["run_id"])
+
+    def get(self, run_id: str | UUID, with_tasks: bool) -> _Plan[Run]:
+        rows = yield _Query(_SQL.RUN, (str(run_id),))
+        if not rows:
+            raise RunNotFound(f"run {run_id} does not exist")
+        steps = yield _Query(_SQL.STEPS, (str(run_id),))
+        tasks = (yield _Query(_SQL.TASKS, (str(run_id),))) if with_tasks else []
+        return Run(steps=tuple(_steps_from(steps, tasks)), **rows[0])
+
+    def status(self, run_id: str | UUID) -> _Plan[str]:
+        rows = yield _Query(_SQL.STATUS, (str(run_id),))
+        if not rows:
+            raise RunNotFound(f"run {run_id} does not exist")
+        return str(rows[0]["status"])
+
+    def wait(self, run_id: str | UUID, timeout: float | None) -> _Plan[Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        step = 0
+        while True:
+            if (yield from self.status(run_id)) != "started":
+                run = yield from self.get(run_id, with_tasks=False)
+                if run.status == "completed":
+                    return run.output
+                raise (RunCancelled if run.status == "cancelled" else RunFailed)(run)
+            pause = _WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)]
+            step += 1
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WaitTimeout(f"run {run_id} did not finish within {timeout:g}s")
+                pause = min(pause, left)
+            yield _Sleep(pause)
+
+    def cancel(self, run_id: str | UUID) -> _Plan[str]:
+        try:
+            rows = yield _Query(_SQL.CANCEL, (str(run_id),))
+        except psycopg.errors.InvalidParameterValue as exc:
+            raise RunNotFound(str(exc.diag.message_primary or exc)) from None
+        return str(rows[0]["status"])
+
+    def runs(self, flow: str | None, status: str | None, limit: int) -> _Plan[list[Run]]:
+        if limit < 1:
+            raise PgflowError(f"limit must be 1 or more, got {limit}")
+        rows = yield _Query(*_SQL.runs(flow, status, limit))
+        return [Run(**row) for row in rows]
+
+    def flows(self) -> _Plan[list[FlowDefinition]]:
+        rows = yield _Query(_SQL.FLOWS, ())
+        return [FlowDefinition(**row) for row in rows]
+
+    def flow(self, flow_slug: str) -> _Plan[FlowDefinition]:
+        rows = yield _Query(_SQL.FLOW, (flow_slug,))
+        if not rows:
+            raise PgflowError(
+                f"flow {flow_slug!r} does not exist; `pgflow flows list` shows the flows"
+            )
+        steps = yield _Query(_SQL.FLOW_STEPS, (flow_slug,))
+        return FlowDefinition(
+            **rows[0],
+            steps=tuple(
+                StepDefinition(**{**s, "dependencies": tuple(s["dependencies"])}) for s in steps
+            ),
+        )
+
+
+class _Stepper(Generic[T]):
+    """Runs a plan step by step: `send` gives it the last query's rows (or its error) and
+    returns the next thing to do, or None once the plan has returned `result`."""
+
+    def __init__(self, plan: _Plan[T]) -> None:
+        self._plan = plan
+        self.result: T
+
+    def send(
+        self, rows: list[dict[str, Any]] | None = None, error: BaseException | None = None
+    ) -> _Query | _Sleep | None:
+        try:
+            return self._plan.throw(error) if error is not None else self._plan.send(rows)
+        except StopIteration as done:
+            self.result = done.value
+            return None
+
+
+def _attempt(
+    fetch: Callable[[_Query], list[dict[str, Any]]], query: _Query
+) -> tuple[list[dict[str, Any]] | None, BaseException | None]:
+    """`(rows, None)`, or `(None, error)` when the database refused the query."""
+    try:
+        return fetch(query), None
+    except psycopg.Error as exc:
+        return None, exc
 
 
 def _steps_from(
@@ -185,6 +360,7 @@ def _steps_from(
 ) -> list[StepState]:
     tasks: dict[str, list[TaskState]] = {}
     for t in task_rows:
+        t = dict(t)
         slug = t.pop("step_slug")
         tasks.setdefault(slug, []).append(TaskState(**t))
     return [
@@ -196,35 +372,21 @@ def _steps_from(
     ]
 
 
-def _flow_slug(flow: Flow | str) -> str:
-    return flow.slug if isinstance(flow, Flow) else flow
-
-
-def _check_limit(limit: int) -> None:
-    if limit < 1:
-        raise PgflowError(f"limit must be 1 or more, got {limit}")
-
-
-def _check_finished(run: Run) -> Any:
-    if run.status == "completed":
-        return run.output
-    if run.status == "cancelled":
-        raise RunCancelled(run)
-    raise RunFailed(run)
-
-
-# how long `wait` sleeps between looks: short at first (most runs are quick), then longer
-_WAIT_STEPS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25)
+# -- the two drivers ----------------------------------------------------------------------------
 
 
 class Client:
-    """A connection to pgflow's tables. Thread-safe; one connection, used under a lock."""
+    """Starts and watches runs. Thread-safe: one connection, used under a lock.
+
+    `dsn` (else `PGFLOW_DSN`, else `DATABASE_URL`) names the database; `dsn="embedded"` uses
+    the embedded PostgreSQL. With none of them, `Client()` raises `ConfigError`.
+    """
 
     def __init__(self, dsn: str | None = None) -> None:
         self.dsn, self.dsn_source = resolve_dsn(dsn)
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._lock = threading.RLock()
-        self._compiled: set[str] = set()
+        self._plans = _Plans()
 
     def __enter__(self) -> Client:
         return self
@@ -238,79 +400,57 @@ class Client:
                 self._conn.close()
                 self._conn = None
 
-    def _c(self) -> psycopg.Connection[dict[str, Any]]:
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.dsn, autocommit=True, row_factory=dict_row)
-        return self._conn
-
-    def _fetch(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    def _fetch(self, query: _Query) -> list[dict[str, Any]]:
         with self._lock:
-            return self._c().execute(query, params).fetchall()
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self.dsn, autocommit=True, row_factory=dict_row)
+            cursor = self._conn.execute(query.sql, query.params)
+            return cursor.fetchall() if cursor.description else []
+
+    def _drive(self, plan: _Plan[T]) -> T:
+        stepper = _Stepper(plan)
+        op = stepper.send()
+        while op is not None:
+            if isinstance(op, _Sleep):
+                time.sleep(op.seconds)
+                op = stepper.send()
+            else:
+                op = stepper.send(*_attempt(self._fetch, op))
+        return stepper.result
 
     def start(self, flow: Flow | str, input: Any = None, run_id: str | UUID | None = None) -> str:
         """Start a run and return its id. A `Flow` object is compiled first if needed."""
-        slug = _flow_slug(flow)
-        with self._lock:
-            if isinstance(flow, Flow) and slug not in self._compiled:
-                result = self._c().execute(_queries.COMPILE, (slug, Jsonb(flow.shape()))).fetchone()
-                if result and next(iter(result.values()))["status"] == "mismatch":
-                    diffs = "; ".join(next(iter(result.values()))["differences"])
-                    raise PgflowError(
-                        f"flow {slug!r} in the database differs from the code: {diffs}"
-                    )
-                self._compiled.add(slug)
-            row = self._c().execute(_queries.START, (slug, Jsonb(input), run_id)).fetchone()
-        assert row is not None
-        return str(row["run_id"])
+        return self._drive(self._plans.start(flow, input, run_id))
 
     def get(self, run_id: str | UUID, *, with_tasks: bool = True) -> Run:
         """The run with its steps (and their tasks)."""
-        with self._lock:
-            rows = self._fetch(_queries.RUN, (str(run_id),))
-            if not rows:
-                raise RunNotFound(f"run {run_id} does not exist")
-            steps = self._fetch(_queries.STEPS, (str(run_id),))
-            tasks = self._fetch(_queries.TASKS, (str(run_id),)) if with_tasks else []
-        return _run_from(rows[0], _steps_from(steps, tasks))
+        return self._drive(self._plans.get(run_id, with_tasks))
 
     def status(self, run_id: str | UUID) -> str:
-        rows = self._fetch(_queries.STATUS, (str(run_id),))
-        if not rows:
-            raise RunNotFound(f"run {run_id} does not exist")
-        return str(rows[0]["status"])
+        return self._drive(self._plans.status(run_id))
 
     def wait(self, run_id: str | UUID, timeout: float | None = None) -> Any:
         """Wait for the run to finish; return its output, or raise `RunFailed` /
         `RunCancelled`, or `WaitTimeout` after `timeout` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        step = 0
-        while True:
-            if self.status(run_id) != "started":
-                return _check_finished(self.get(run_id, with_tasks=False))
-            pause = _WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)]
-            step += 1
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitTimeout(f"run {run_id} did not finish within {timeout:g}s")
-                pause = min(pause, left)
-            time.sleep(pause)
+        return self._drive(self._plans.wait(run_id, timeout))
 
     def cancel(self, run_id: str | UUID) -> str:
         """Cancel a started run (its open tasks are cancelled); returns the run's status."""
-        try:
-            rows = self._fetch(_queries.CANCEL, (str(run_id),))
-        except psycopg.errors.InvalidParameterValue as exc:
-            raise RunNotFound(str(exc.diag.message_primary or exc)) from None
-        return str(rows[0]["status"])
+        return self._drive(self._plans.cancel(run_id))
 
     def runs(
         self, flow: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[Run]:
         """The newest runs, optionally of one flow and/or in one status."""
-        _check_limit(limit)
-        query, params = _queries.runs(flow, status, limit)
-        return [_run_from(row) for row in self._fetch(query, params)]
+        return self._drive(self._plans.runs(flow, status, limit))
+
+    def flows(self) -> list[FlowDefinition]:
+        """Every flow defined in the database, by slug."""
+        return self._drive(self._plans.flows())
+
+    def flow(self, flow_slug: str) -> FlowDefinition:
+        """One flow's definition with its steps, in step order."""
+        return self._drive(self._plans.flow(flow_slug))
 
 
 class AsyncClient:
@@ -320,7 +460,7 @@ class AsyncClient:
         self.dsn, self.dsn_source = resolve_dsn(dsn)
         self._conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
-        self._compiled: set[str] = set()
+        self._plans = _Plans()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -333,77 +473,59 @@ class AsyncClient:
             await self._conn.close()
             self._conn = None
 
-    async def _c(self) -> psycopg.AsyncConnection[dict[str, Any]]:
-        if self._conn is None or self._conn.closed:
-            try:
-                self._conn = await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, row_factory=dict_row, connect_timeout=10
-                )
-            except psycopg.OperationalError as exc:
-                raise unavailable(self.dsn, exc) from exc
-        return self._conn
-
-    async def _fetch(self, query: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    async def _fetch(self, query: _Query) -> list[dict[str, Any]]:
         async with self._lock:
-            conn = await self._c()
-            cur = await conn.execute(query, params)
-            return await cur.fetchall()
+            if self._conn is None or self._conn.closed:
+                try:
+                    self._conn = await psycopg.AsyncConnection.connect(
+                        self.dsn,
+                        autocommit=True,
+                        row_factory=dict_row,
+                        **connection_defaults(self.dsn, {}),
+                    )
+                except psycopg.OperationalError as exc:
+                    raise unavailable(self.dsn, exc) from exc
+            cursor = await self._conn.execute(query.sql, query.params)
+            return await cursor.fetchall() if cursor.description else []
+
+    async def _drive(self, plan: _Plan[T]) -> T:
+        stepper = _Stepper(plan)
+        op = stepper.send()
+        while op is not None:
+            if isinstance(op, _Sleep):
+                await asyncio.sleep(op.seconds)
+                op = stepper.send()
+            else:
+                try:
+                    op = stepper.send(await self._fetch(op))
+                except psycopg.Error as exc:
+                    op = stepper.send(error=exc)
+        return stepper.result
 
     async def start(
         self, flow: Flow | str, input: Any = None, run_id: str | UUID | None = None
     ) -> str:
-        slug = _flow_slug(flow)
-        if isinstance(flow, Flow) and slug not in self._compiled:
-            rows = await self._fetch(_queries.COMPILE, (slug, Jsonb(flow.shape())))
-            result = next(iter(rows[0].values()))
-            if result["status"] == "mismatch":
-                raise PgflowError(
-                    f"flow {slug!r} in the database differs from the code: "
-                    + "; ".join(result["differences"])
-                )
-            self._compiled.add(slug)
-        rows = await self._fetch(_queries.START, (slug, Jsonb(input), run_id))
-        return str(rows[0]["run_id"])
+        return await self._drive(self._plans.start(flow, input, run_id))
 
     async def get(self, run_id: str | UUID, *, with_tasks: bool = True) -> Run:
-        rows = await self._fetch(_queries.RUN, (str(run_id),))
-        if not rows:
-            raise RunNotFound(f"run {run_id} does not exist")
-        steps = await self._fetch(_queries.STEPS, (str(run_id),))
-        tasks = await self._fetch(_queries.TASKS, (str(run_id),)) if with_tasks else []
-        return _run_from(rows[0], _steps_from(steps, tasks))
+        return await self._drive(self._plans.get(run_id, with_tasks))
 
     async def status(self, run_id: str | UUID) -> str:
-        rows = await self._fetch(_queries.STATUS, (str(run_id),))
-        if not rows:
-            raise RunNotFound(f"run {run_id} does not exist")
-        return str(rows[0]["status"])
+        return await self._drive(self._plans.status(run_id))
 
     async def wait(self, run_id: str | UUID, timeout: float | None = None) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        step = 0
-        while True:
-            if await self.status(run_id) != "started":
-                return _check_finished(await self.get(run_id, with_tasks=False))
-            pause = _WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)]
-            step += 1
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise WaitTimeout(f"run {run_id} did not finish within {timeout:g}s")
-                pause = min(pause, left)
-            await asyncio.sleep(pause)
+        return await self._drive(self._plans.wait(run_id, timeout))
 
     async def cancel(self, run_id: str | UUID) -> str:
-        try:
-            rows = await self._fetch(_queries.CANCEL, (str(run_id),))
-        except psycopg.errors.InvalidParameterValue as exc:
-            raise RunNotFound(str(exc.diag.message_primary or exc)) from None
-        return str(rows[0]["status"])
+        return await self._drive(self._plans.cancel(run_id))
 
     async def runs(
         self, flow: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[Run]:
-        _check_limit(limit)
-        query, params = _queries.runs(flow, status, limit)
-        return [_run_from(row) for row in await self._fetch(query, params)]
+        return await self._drive(self._plans.runs(flow, status, limit))
+
+    async def flows(self) -> list[FlowDefinition]:
+        return await self._drive(self._plans.flows())
+
+    async def flow(self, flow_slug: str) -> FlowDefinition:
+        return await self._drive(self._plans.flow(flow_slug))

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from pgflow.errors import PgflowError
+from pgflow.errors import FlowInputUnavailable
 
 __all__ = ["Context", "FlowInputUnavailable", "ShutdownSignal"]
 
@@ -27,10 +27,6 @@ class ShutdownSignal(Protocol):
     def is_set(self) -> bool: ...
 
     def wait(self, timeout: float | None = None) -> bool: ...
-
-
-class FlowInputUnavailable(PgflowError):
-    """`Context.flow_input` was read but the worker gave the executor no way to fetch it."""
 
 
 if TYPE_CHECKING:

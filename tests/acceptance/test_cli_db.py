@@ -10,7 +10,7 @@ import psycopg.conninfo
 import pytest
 
 import pgflow
-from pgflow.migrate import load_migrations
+from pgflow.db.migrations import load_migrations
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 

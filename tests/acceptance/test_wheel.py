@@ -14,12 +14,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pgflow.migrate import load_migrations
+from pgflow.db.migrations import load_migrations
 
 pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parents[2]
-SOURCE_SQL = PROJECT / "python" / "pgflow" / "sql"
+SOURCE_SQL = PROJECT / "python" / "pgflow" / "db" / "sql" / "migrations"
 
 
 def run(command: list[str], *, cwd: Path, timeout: float, env: dict[str, str] | None = None) -> str:
@@ -72,8 +72,10 @@ def installed_venv(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 def test_wheel_ships_every_migration(installed_venv: tuple[Path, Path]) -> None:
     wheel, _ = installed_venv
     with zipfile.ZipFile(wheel) as archive:
-        shipped = sorted(n for n in archive.namelist() if n.startswith("pgflow/sql/"))
-    expected = sorted(f"pgflow/sql/{m.label}.sql" for m in load_migrations(SOURCE_SQL))
+        shipped = sorted(n for n in archive.namelist() if n.startswith("pgflow/db/sql/migrations/"))
+    expected = sorted(
+        f"pgflow/db/sql/migrations/{m.label}.sql" for m in load_migrations(SOURCE_SQL)
+    )
     assert expected, "the source tree has no migrations"
     assert shipped == expected
 

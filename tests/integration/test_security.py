@@ -382,7 +382,7 @@ def test_public_has_no_rights_on_pgflow_or_pgmq_tables(conn: Conn) -> None:
 
 
 def test_listen_quotes_the_channel_as_an_identifier(db_dsn: str, conn: Conn) -> None:
-    from pgflow.listener import ChannelListener
+    from pgflow.db.listener import ChannelListener
 
     channel = 'Odd "channel"; select 1'
     received: list[str] = []

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from pgflow import codec
 from pgflow.codec import MAX_DEPTH, MODE_DEPS, MODE_FLOW_INPUT, MODE_MAP
-from pgflow.core_errors import (
+from pgflow.codec import twin as codec
+from pgflow.errors import (
     CoreError,
     ElementOutOfRange,
     InvalidJson,

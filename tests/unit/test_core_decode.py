@@ -8,8 +8,8 @@ from types import ModuleType
 
 import pytest
 
-from pgflow import codec
-from pgflow.core_errors import CoreError, InvalidJson
+from pgflow.codec import twin as codec
+from pgflow.errors import CoreError, InvalidJson
 
 try:
     from pgflow import _core

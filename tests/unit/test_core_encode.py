@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from pgflow import codec
 from pgflow.codec import MAX_DEPTH
-from pgflow.core_errors import CoreError, UnencodableValue
+from pgflow.codec import twin as codec
+from pgflow.errors import CoreError, UnencodableValue
 
 try:
     from pgflow import _core

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 import pgflow
-from pgflow import codec, core_errors, fastpath
+from pgflow import codec
+from pgflow import errors as core_errors
+from pgflow.codec import twin
 
 _core = pytest.importorskip("pgflow._core")
 
@@ -29,12 +31,12 @@ CONSTANTS = ["MAX_DEPTH", "MODE_DEPS", "MODE_FLOW_INPUT", "MODE_MAP"]
 def reload_fastpath(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     yield monkeypatch
     monkeypatch.undo()
-    importlib.reload(fastpath)
+    importlib.reload(codec)
 
 
 def test_rust_is_used_when_built(reload_fastpath: pytest.MonkeyPatch) -> None:
     reload_fastpath.delenv("PGFLOW_NO_RUST", raising=False)
-    module = importlib.reload(fastpath)
+    module = importlib.reload(codec)
     assert module.RUST_AVAILABLE
     assert module.use_rust()
     assert module.IMPLEMENTATION == "rust"
@@ -44,17 +46,17 @@ def test_rust_is_used_when_built(reload_fastpath: pytest.MonkeyPatch) -> None:
 
 def test_env_forces_the_twin(reload_fastpath: pytest.MonkeyPatch) -> None:
     reload_fastpath.setenv("PGFLOW_NO_RUST", "1")
-    module = importlib.reload(fastpath)
+    module = importlib.reload(codec)
     assert module.RUST_AVAILABLE
     assert not module.use_rust()
     assert module.IMPLEMENTATION == "python"
     for name in FUNCTIONS:
-        assert getattr(module, name) is getattr(codec, name)
+        assert getattr(module, name) is getattr(twin, name)
 
 
 def test_constants_agree() -> None:
     for name in CONSTANTS:
-        assert getattr(_core, name) == getattr(codec, name) == getattr(fastpath, name)
+        assert getattr(_core, name) == getattr(twin, name) == getattr(codec, name)
     assert (_core.MODE_FLOW_INPUT, _core.MODE_DEPS, _core.MODE_MAP) == (0, 1, 2)
 
 
@@ -79,7 +81,7 @@ def test_stub_matches_the_built_module() -> None:
 def test_twin_has_the_same_signatures() -> None:
     for name in FUNCTIONS:
         rust_params = list(inspect.signature(getattr(_core, name)).parameters)
-        twin_params = list(inspect.signature(getattr(codec, name)).parameters)
+        twin_params = list(inspect.signature(getattr(twin, name)).parameters)
         assert rust_params == twin_params, name
 
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pgflow import codec
 from pgflow.codec import MAX_DEPTH, MODE_DEPS, MODE_FLOW_INPUT, MODE_MAP
+from pgflow.codec import twin as codec
 
 _core = pytest.importorskip("pgflow._core")
 

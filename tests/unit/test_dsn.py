@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pgflow import dsn as dsn_module
-from pgflow.dsn import redact, resolve_dsn, scrub, validate_dsn
+from pgflow.db import dsn as dsn_module
+from pgflow.db.dsn import redact, resolve_dsn, scrub, validate_dsn
 from pgflow.errors import ConfigError
 
 REDACTIONS = [
@@ -128,7 +128,7 @@ def _no_embedded(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail() -> str:
         raise AssertionError("the embedded server must not be used here")
 
-    monkeypatch.setattr("pgflow.embedded.ensure_server", fail)
+    monkeypatch.setattr("pgflow.db.embedded.ensure_server", fail)
 
 
 def test_explicit_dsn_wins(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,9 +149,32 @@ def test_database_url_used_when_pgflow_dsn_unset_or_empty(monkeypatch: pytest.Mo
     assert resolve_dsn(None, environ=env) == ("postgres://u@h/db", "DATABASE_URL")
 
 
-def test_embedded_is_the_last_resort(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("pgflow.embedded.ensure_server", lambda: "host=/sock dbname=postgres")
-    assert resolve_dsn(None, environ={}) == ("host=/sock dbname=postgres", "embedded")
+def test_embedded_is_the_last_resort_of_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pgflow.db.embedded.ensure_server", lambda: "host=/sock dbname=postgres")
+    assert resolve_dsn(None, environ={}, embedded_fallback=True) == (
+        "host=/sock dbname=postgres",
+        "embedded",
+    )
+
+
+def test_a_library_never_starts_the_embedded_server_unasked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fail() -> str:
+        raise AssertionError("the embedded server must not be started")
+
+    monkeypatch.setattr("pgflow.db.embedded.ensure_server", fail)
+    with pytest.raises(ConfigError, match=r"no database configured.*dsn='embedded'"):
+        resolve_dsn(None, environ={})
+
+
+def test_the_embedded_server_when_asked_for_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pgflow.db.embedded.ensure_server", lambda: "host=/sock dbname=postgres")
+    assert resolve_dsn("embedded", environ={}) == ("host=/sock dbname=postgres", "embedded")
+    assert resolve_dsn(" embedded ", environ={"PGFLOW_DSN": "host=x"}) == (
+        "host=/sock dbname=postgres",
+        "embedded",
+    )
 
 
 def test_empty_explicit_dsn_is_an_error() -> None:

@@ -509,3 +509,17 @@ def test_an_unreadable_signature_is_reported() -> None:
     flow = Flow("builtins")
     # `type` has several signatures, so inspect cannot give one.
     defined_error(lambda: flow.step("s")(type), "cannot read the handler's signature")
+
+
+@pytest.mark.parametrize("decorator", ["step", "map"])
+def test_step_and_map_share_one_set_of_options_and_reject_unknown_ones(decorator: str) -> None:
+    flow = Flow("options_flow")
+    declare = getattr(flow, decorator)
+    declare("first", max_attempts=5, base_delay=2, timeout=9, start_delay=1, when_exhausted="skip")(
+        lambda value: value
+    )
+    (step,) = flow.steps
+    assert (step.max_attempts, step.base_delay, step.timeout, step.start_delay) == (5, 2, 9, 1)
+    assert step.when_exhausted == "skip"
+    with pytest.raises(FlowDefinitionError, match=r"unknown option .max_attempt. \(did you mean"):
+        declare("second", max_attempt=3)(lambda value: value)

@@ -25,7 +25,7 @@ BUILTIN_EXECUTORS = {"thread", "process", "asyncio", "inline"}
 def fresh_plugin_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test builds its own plugin manager, without installed entry points or env."""
     monkeypatch.delenv(plugins.DISABLE_ENV, raising=False)
-    monkeypatch.setattr(plugins, "_entry_points", lambda: ())
+    monkeypatch.setattr(plugins.manager, "_entry_points", lambda: ())
     plugins.reset_plugin_manager()
     yield
     plugins.reset_plugin_manager()
@@ -47,7 +47,7 @@ def use_entry_points(
         if module is not None:
             monkeypatch.setitem(sys.modules, value.partition(":")[0], module)
         entry_points.append(importlib.metadata.EntryPoint(name=name, value=value, group="pgflow"))
-    monkeypatch.setattr(plugins, "_entry_points", lambda: tuple(entry_points))
+    monkeypatch.setattr(plugins.manager, "_entry_points", lambda: tuple(entry_points))
     plugins.reset_plugin_manager()
 
 
@@ -120,7 +120,7 @@ def test_an_executor_name_registered_twice_names_both_plugins() -> None:
         plugins.available_executors()
     message = str(caught.value)
     assert "'thread'" in message
-    assert "'pgflow.executors.builtin_plugin'" in message and "'impostor'" in message
+    assert "'pgflow.plugins.builtin'" in message and "'impostor'" in message
 
 
 def test_an_empty_executor_name_is_refused() -> None:
@@ -257,7 +257,7 @@ def test_disabled_entry_point_is_not_even_imported(monkeypatch: pytest.MonkeyPat
 
 
 def test_disabling_the_builtin_plugin_leaves_no_executor(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(plugins.DISABLE_ENV, "pgflow.executors.builtin_plugin")
+    monkeypatch.setenv(plugins.DISABLE_ENV, "pgflow.plugins.builtin")
     assert plugins.available_executors() == {}
     with pytest.raises(PluginError, match=r"known executors: none.*PGFLOW_DISABLE_PLUGINS"):
         plugins.create_executor("thread", concurrency=1, resolve_step=resolve_nothing)
@@ -305,6 +305,6 @@ def test_two_entry_points_with_one_name_are_refused(monkeypatch: pytest.MonkeyPa
     )
     monkeypatch.setitem(sys.modules, "fake_first", first)
     monkeypatch.setitem(sys.modules, "fake_second", second)
-    monkeypatch.setattr(plugins, "_entry_points", lambda: entry_points)
+    monkeypatch.setattr(plugins.manager, "_entry_points", lambda: entry_points)
     with pytest.raises(PluginError, match="two plugins are named 'same'"):
         plugins.get_plugin_manager()

@@ -19,15 +19,11 @@ from typing import Any, ClassVar
 
 from pgflow.executors._threads import ElasticThreadPool
 from pgflow.executors.base import (
-    ExecutorBusyError,
-    ExecutorClosedError,
     ExecutorError,
-    FlowInputLoader,
     InFlightExecutor,
     Job,
     JobResult,
     OnDone,
-    StepResolver,
     deliver,
     logger,
     make_context,
@@ -49,16 +45,7 @@ class AsyncioExecutor(InFlightExecutor):
 
     name: ClassVar[str] = "asyncio"
 
-    def __init__(
-        self,
-        *,
-        concurrency: int,
-        resolve_step: StepResolver,
-        load_flow_input: FlowInputLoader | None = None,
-    ) -> None:
-        super().__init__(
-            concurrency=concurrency, resolve_step=resolve_step, load_flow_input=load_flow_input
-        )
+    def _setup(self) -> None:
         self._lock = threading.Lock()
         self._job_left = threading.Condition(self._lock)
         self._in_flight: dict[int, tuple[Job, OnDone]] = {}
@@ -66,7 +53,7 @@ class AsyncioExecutor(InFlightExecutor):
         self._shutdown_signal = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
-        self._sync_threads = ElasticThreadPool("pgflow-asyncio-sync", max_idle=concurrency)
+        self._sync_threads = ElasticThreadPool("pgflow-asyncio-sync", max_idle=self.concurrency)
         self._accepting = False
         self._closed = False
 
@@ -102,15 +89,8 @@ class AsyncioExecutor(InFlightExecutor):
 
     def submit(self, job: Job, on_done: OnDone) -> None:
         with self._lock:
-            if not self._accepting or self._loop is None:
-                raise ExecutorClosedError(
-                    "the asyncio executor is not running (not started yet, or shutting down)"
-                )
-            if len(self._in_flight) >= self.concurrency:
-                raise ExecutorBusyError(
-                    f"the asyncio executor has no free slot (all {self.concurrency} are busy); "
-                    "submit only while free_slots() > 0"
-                )
+            self._check_can_submit(running=self._loop is not None)
+            assert self._loop is not None
             job_id = next(self._ids)
             self._in_flight[job_id] = (job, on_done)
             self._loop.call_soon_threadsafe(self._begin, job_id, job)

@@ -13,7 +13,6 @@ cannot be encoded. Executors never encode.
 from __future__ import annotations
 
 import abc
-import asyncio
 import logging
 import threading
 import time
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from pgflow.context import Context, ShutdownSignal
-from pgflow.errors import PgflowError
+from pgflow.errors import ExecutorBusyError, ExecutorClosedError, ExecutorError
 
 logger = logging.getLogger("pgflow.executors")
 
@@ -43,20 +42,7 @@ __all__ = [
     "deliver",
     "make_context",
     "run_job",
-    "run_step_sync",
 ]
-
-
-class ExecutorError(PgflowError):
-    """An executor was used wrongly, or cannot run jobs any more."""
-
-
-class ExecutorBusyError(ExecutorError):
-    """`submit()` was called while `free_slots()` was 0."""
-
-
-class ExecutorClosedError(ExecutorError):
-    """`submit()` was called before `start()` or after `shutdown()`/`kill()`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +162,7 @@ class Executor(abc.ABC):
     def __init__(
         self,
         *,
-        concurrency: int,
+        concurrency: int = 1,
         resolve_step: StepResolver,
         load_flow_input: FlowInputLoader | None = None,
     ) -> None:
@@ -188,6 +174,10 @@ class Executor(abc.ABC):
         self.concurrency = concurrency
         self.resolve_step = resolve_step
         self.load_flow_input = load_flow_input
+        self._setup()
+
+    def _setup(self) -> None:  # noqa: B027 -- optional for subclasses, not abstract
+        """Set up the executor's own state (subclasses), after the common arguments are set."""
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -243,6 +233,19 @@ class InFlightExecutor(Executor):
         with self._lock:
             return self.concurrency - len(self._in_flight) if self._accepting else 0
 
+    def _check_can_submit(self, running: bool) -> None:
+        """Raise unless a job may be submitted now; call with `_lock` held. `running` says
+        whether the executor's own machinery (pool, loop) is up."""
+        if not self._accepting or not running:
+            raise ExecutorClosedError(
+                f"the {self.name} executor is not running (not started yet, or shutting down)"
+            )
+        if len(self._in_flight) >= self.concurrency:
+            raise ExecutorBusyError(
+                f"the {self.name} executor has no free slot (all {self.concurrency} are busy); "
+                "submit only while free_slots() > 0"
+            )
+
     def _stop_accepting_and_wait(
         self, grace: float, job_of: Callable[[Any], Job]
     ) -> list[Job] | None:
@@ -293,30 +296,11 @@ def make_context(
     )
 
 
-def run_step_sync(step: RunnableStep, value: Any, ctx: Context) -> Any:
-    """Call a step's handler in the current thread, running an async one in a fresh loop."""
-    if not step.is_async:
-        return step.invoke(value, ctx)
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass  # no loop in this thread: the usual case
-    else:
-        raise ExecutorError(
-            f"step {ctx.flow_slug}.{ctx.step_slug} has an async handler, and this thread already "
-            "runs an event loop, so it cannot be run here; use the asyncio executor"
-        )
-
-    async def invoke() -> Any:
-        return await step.invoke_async(value, ctx)
-
-    return asyncio.run(invoke())
-
-
 def run_job(job: Job, resolve: Callable[[], RunnableStep], ctx: Context) -> JobResult:
     """Resolve the step and run its handler here, turning any failure into a `JobResult`."""
     try:
-        output = run_step_sync(resolve(), job.input, ctx)
+        # Step.invoke runs an async handler to completion in a fresh event loop
+        output = resolve().invoke(job.input, ctx)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:

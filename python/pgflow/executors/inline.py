@@ -20,11 +20,9 @@ from pgflow.executors.base import (
     ExecutorBusyError,
     ExecutorClosedError,
     ExecutorError,
-    FlowInputLoader,
     Job,
     JobResult,
     OnDone,
-    StepResolver,
     deliver,
     logger,
     make_context,
@@ -37,16 +35,7 @@ class InlineExecutor(Executor):
 
     name: ClassVar[str] = "inline"
 
-    def __init__(
-        self,
-        *,
-        concurrency: int = 1,
-        resolve_step: StepResolver,
-        load_flow_input: FlowInputLoader | None = None,
-    ) -> None:
-        super().__init__(
-            concurrency=concurrency, resolve_step=resolve_step, load_flow_input=load_flow_input
-        )
+    def _setup(self) -> None:
         self.concurrency = 1  # whatever was asked: jobs run one at a time, inside submit()
         self._shutdown_signal = threading.Event()
         self._started = False

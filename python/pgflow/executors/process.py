@@ -33,22 +33,22 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, ClassVar
 
-from pgflow.context import Context, ShutdownSignal
+from pgflow.context import ShutdownSignal
 from pgflow.executors.base import (
     Executor,
     ExecutorBusyError,
     ExecutorClosedError,
     ExecutorError,
-    FlowInputLoader,
     Job,
     JobResult,
     OnDone,
     RunnableStep,
-    StepResolver,
     deliver,
     logger,
+    make_context,
     run_job,
 )
+from pgflow.flow import load_flow
 
 # A terminated child that is still alive after this long is killed outright.
 _KILL_AFTER = 1.0
@@ -154,16 +154,7 @@ class ProcessExecutor(Executor):
 
     name: ClassVar[str] = "process"
 
-    def __init__(
-        self,
-        *,
-        concurrency: int,
-        resolve_step: StepResolver,
-        load_flow_input: FlowInputLoader | None = None,
-    ) -> None:
-        super().__init__(
-            concurrency=concurrency, resolve_step=resolve_step, load_flow_input=load_flow_input
-        )
+    def _setup(self) -> None:
         self._mp = multiprocessing.get_context("spawn")
         self._lock = threading.Lock()
         self._job_left = threading.Condition(self._lock)
@@ -651,16 +642,8 @@ class _ChildRuntime:
             self._report(self._run(job))
 
     def _run(self, job: Job) -> JobResult:
-        run_id = job.run_id
-        ctx = Context(
-            run_id=run_id,
-            flow_slug=job.flow_slug,
-            step_slug=job.step_slug,
-            task_index=job.task_index,
-            attempt=job.attempt,
-            shutdown=self._shutdown,
-            load_flow_input=(lambda: self._fetch_flow_input(run_id)) if self._has_loader else None,
-        )
+        loader = self._fetch_flow_input if self._has_loader else None
+        ctx = make_context(job, self._shutdown, loader)
         return run_job(job, lambda: self._resolve(job), ctx)
 
     def _report(self, result: JobResult) -> None:
@@ -682,8 +665,6 @@ class _ChildRuntime:
         cache_key = (job.flow_ref, job.step_slug)
         step = self._steps.get(cache_key)
         if step is None:
-            from pgflow.flow import load_flow
-
             step = load_flow(job.flow_ref).get_step(job.step_slug)
             self._steps[cache_key] = step
         return step

@@ -16,15 +16,11 @@ from typing import ClassVar
 
 from pgflow.executors._threads import ElasticThreadPool
 from pgflow.executors.base import (
-    ExecutorBusyError,
-    ExecutorClosedError,
     ExecutorError,
-    FlowInputLoader,
     InFlightExecutor,
     Job,
     JobResult,
     OnDone,
-    StepResolver,
     deliver,
     logger,
     make_context,
@@ -46,16 +42,7 @@ class ThreadExecutor(InFlightExecutor):
 
     name: ClassVar[str] = "thread"
 
-    def __init__(
-        self,
-        *,
-        concurrency: int,
-        resolve_step: StepResolver,
-        load_flow_input: FlowInputLoader | None = None,
-    ) -> None:
-        super().__init__(
-            concurrency=concurrency, resolve_step=resolve_step, load_flow_input=load_flow_input
-        )
+    def _setup(self) -> None:
         self._lock = threading.Lock()
         # Notified when a job leaves `_in_flight` (shutdown waits on it).
         self._job_left = threading.Condition(self._lock)
@@ -85,15 +72,8 @@ class ThreadExecutor(InFlightExecutor):
     def submit(self, job: Job, on_done: OnDone) -> None:
         deadline = None if job.timeout is None else time.monotonic() + job.timeout
         with self._lock:
-            if not self._accepting or self._pool is None:
-                raise ExecutorClosedError(
-                    "the thread executor is not running (not started yet, or shutting down)"
-                )
-            if len(self._in_flight) >= self.concurrency:
-                raise ExecutorBusyError(
-                    f"the thread executor has no free slot (all {self.concurrency} are busy); "
-                    "submit only while free_slots() > 0"
-                )
+            self._check_can_submit(running=self._pool is not None)
+            assert self._pool is not None
             job_id = next(self._ids)
             self._in_flight[job_id] = _InFlight(job, on_done, deadline)
             if deadline is not None and deadline < self._next_check:

@@ -1,0 +1,14 @@
+"""`pgflow bench`: end-to-end throughput and latency on a database (`runner`), with the flows it
+runs (`flows`, importable by reference from worker processes)."""
+
+from __future__ import annotations
+
+from pgflow.bench.runner import (
+    SCENARIOS,
+    BenchResult,
+    BenchSettings,
+    format_table,
+    run_benchmarks,
+)
+
+__all__ = ["SCENARIOS", "BenchResult", "BenchSettings", "format_table", "run_benchmarks"]

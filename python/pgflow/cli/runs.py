@@ -1,0 +1,216 @@
+"""`pgflow start`, `pgflow runs list|show` and `pgflow cancel`: runs from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime
+
+from pgflow.cli.parser import (
+    EXIT_ERROR,
+    EXIT_OK,
+    Subparsers,
+    add_command,
+    add_group,
+    database,
+    json_arg,
+    positive_int,
+)
+from pgflow.cli.progress import StatusLine
+from pgflow.client import Client, Run, StepState
+from pgflow.errors import PgflowError, RunFailed
+
+
+def register(commands: Subparsers) -> None:
+    register_start(commands)
+    register_runs(commands)
+    register_cancel(commands)
+
+
+def register_start(commands: Subparsers) -> None:
+    p = add_command(commands, "start", cmd_start, "Start a run of a flow.")
+    p.add_argument("flow", metavar="FLOW", help="the flow's slug")
+    p.add_argument(
+        "--input", type=json_arg, default={}, metavar="JSON", help="the run input (default {})"
+    )
+    p.add_argument("--run-id", default=None, help="use this run id instead of a new one")
+    p.add_argument("--wait", action="store_true", help="wait for the run and print its output")
+    p.add_argument(
+        "--timeout", type=float, default=None, help="with --wait: give up after this many seconds"
+    )
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    with Client(database(args)) as client:
+        run_id = client.start(args.flow, args.input, args.run_id)
+        if not args.wait:
+            print(run_id)
+            return EXIT_OK
+        print(f"run {run_id} started", file=sys.stderr)
+        return wait_with_progress(client, run_id, args.timeout)
+
+
+def _progress_text(run: Run, started: float) -> str:
+    steps_done = sum(1 for s in run.steps if s.status != "created" and s.status != "started")
+    tasks_total = sum((s.initial_tasks or 0) for s in run.steps)
+    tasks_done = sum(s.tasks_done for s in run.steps)
+    return (
+        f"run {run.run_id[:8]} {run.status}: steps {steps_done}/{len(run.steps)}, "
+        f"tasks {tasks_done}/{tasks_total}, {time.monotonic() - started:.1f}s"
+    )
+
+
+def wait_with_progress(client: Client, run_id: str, timeout: float | None) -> int:
+    line = StatusLine()
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    while True:
+        run = client.get(run_id)
+        line.update(_progress_text(run, started))
+        if run.finished:
+            line.clear()
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            line.clear()
+            raise PgflowError(f"run {run_id} did not finish within {timeout:g}s (it goes on)")
+        time.sleep(0.1)
+    elapsed = (run.finished_at - run.started_at).total_seconds() if run.finished_at else 0.0
+    if run.status == "completed":
+        print(json.dumps(run.output, indent=2, default=str))
+        print(f"completed in {elapsed:.2f}s", file=sys.stderr)
+        return EXIT_OK
+    error = RunFailed(run)
+    print(f"error: {error}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def register_runs(commands: Subparsers) -> None:
+    runs = add_group(commands, "runs", "List and inspect runs.")
+    p = add_command(runs, "list", cmd_runs_list, "The newest runs.")
+    p.add_argument("--flow", default=None)
+    p.add_argument(
+        "--status", default=None, choices=["started", "completed", "failed", "cancelled"]
+    )
+    p.add_argument("--limit", type=positive_int, default=50)
+    p = add_command(
+        runs,
+        "show",
+        cmd_runs_show,
+        "A run's steps as a tree, with status, attempts, timing and errors.",
+    )
+    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("--json", action="store_true", help="print the run as JSON")
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    with Client(database(args)) as client:
+        runs = client.runs(flow=args.flow, status=args.status, limit=args.limit)
+    if not runs:
+        print("no runs")
+        return EXIT_OK
+    print(f"{'run_id':<36}  {'flow':<20} {'status':<10} {'started':<19}  duration")
+    for run in runs:
+        print(
+            f"{run.run_id:<36}  {run.flow_slug:<20} {run.status:<10} "
+            f"{run.started_at:%Y-%m-%d %H:%M:%S}  {_duration(run.started_at, run.finished_at)}"
+        )
+    return EXIT_OK
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    with Client(database(args)) as client:
+        run = client.get(args.run_id)
+    if args.json:
+        print(json.dumps(asdict(run), indent=2, default=str))
+        return EXIT_OK
+    print(render_run(run))
+    return EXIT_OK
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None:
+        return "-"
+    if end is None:
+        return "running"
+    seconds = (end - start).total_seconds()
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def render_run(run: Run) -> str:
+    """The run's steps as a tree: each step under its first dependency."""
+    lines = [
+        f"run {run.run_id}  flow {run.flow_slug}  {run.status}  "
+        f"{_duration(run.started_at, run.finished_at)}"
+    ]
+    if run.error_message:
+        lines.append(f"error: {run.error_message}")
+    children: dict[str | None, list[StepState]] = {}
+    for step in run.steps:
+        parent = step.dependencies[0] if step.dependencies else None
+        children.setdefault(parent, []).append(step)
+
+    def walk(parent: str | None, prefix: str) -> None:
+        kids = children.get(parent, [])
+        for i, step in enumerate(kids):
+            last = i == len(kids) - 1
+            branch = "└─ " if last else "├─ "
+            lines.append(prefix + branch + _step_line(step))
+            detail_prefix = prefix + ("   " if last else "│  ")
+            for detail in _step_details(step):
+                lines.append(detail_prefix + "   " + detail)
+            walk(step.step_slug, detail_prefix)
+
+    walk(None, "")
+    return "\n".join(lines)
+
+
+def _step_line(step: StepState) -> str:
+    tasks = f"{step.tasks_done}/{step.initial_tasks}" if step.initial_tasks is not None else "?"
+    attempts = max((t.attempts_count for t in step.tasks), default=0)
+    end = step.completed_at or step.failed_at or step.skipped_at
+    parts = [
+        f"{step.step_slug}",
+        f"[{step.step_type}]",
+        step.status,
+        f"tasks {tasks}",
+        f"attempts {attempts}",
+        _duration(step.started_at, end) if step.started_at else "-",
+    ]
+    if len(step.dependencies) > 1:
+        parts.append("after " + ", ".join(step.dependencies))
+    return "  ".join(parts)
+
+
+def _step_details(step: StepState) -> list[str]:
+    details = []
+    if step.skip_reason:
+        details.append(f"skipped: {step.skip_reason}")
+    if step.error_message:
+        details.append(f"error: {step.error_message}")
+    failed = [t for t in step.tasks if t.error_message and t.status != "completed"]
+    for task in failed[:3]:
+        details.append(
+            f"task {task.task_index} ({task.status}, attempt {task.attempts_count}): {task.error_message}"
+        )
+    if len(failed) > 3:
+        details.append(f"... and {len(failed) - 3} more failed tasks")
+    return details
+
+
+def register_cancel(commands: Subparsers) -> None:
+    p = add_command(commands, "cancel", cmd_cancel, "Cancel a started run.")
+    p.add_argument("run_id", metavar="RUN_ID")
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with Client(database(args)) as client:
+        before = client.status(args.run_id)
+        status = client.cancel(args.run_id) if before == "started" else before
+    if before == "started" and status == "cancelled":
+        print(f"run {args.run_id} cancelled")
+    else:
+        print(f"run {args.run_id} had already finished ({status}); nothing to cancel")
+    return EXIT_OK

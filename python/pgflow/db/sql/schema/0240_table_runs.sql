@@ -1,0 +1,25 @@
+create table pgflow.runs (
+  run_id uuid primary key default gen_random_uuid(),
+  flow_slug text not null references pgflow.flows (flow_slug),
+  -- 'cancelled' is our addition (pgflow.cancel_run); the contract's statuses are the other three
+  status text not null default 'started',
+  input jsonb not null,
+  output jsonb,
+  remaining_steps int not null default 0,
+  -- our addition: why the run failed or was cancelled, so clients need not search the steps
+  error_message text,
+  started_at timestamptz not null default now(),
+  completed_at timestamptz,
+  failed_at timestamptz,
+  cancelled_at timestamptz,
+  constraint runs_status_is_valid check (status in ('started', 'completed', 'failed', 'cancelled')),
+  constraint runs_remaining_steps_nonnegative check (remaining_steps >= 0),
+  constraint runs_single_terminal_timestamp check (num_nonnulls(completed_at, failed_at, cancelled_at) <= 1),
+  constraint runs_completed_after_start check (completed_at is null or completed_at >= started_at),
+  constraint runs_failed_after_start check (failed_at is null or failed_at >= started_at),
+  constraint runs_cancelled_after_start check (cancelled_at is null or cancelled_at >= started_at)
+);
+create index runs_flow_slug_idx on pgflow.runs (flow_slug, started_at desc);
+create index runs_status_idx on pgflow.runs (status, started_at desc);
+create index runs_finished_at_idx on pgflow.runs ((coalesce(completed_at, failed_at, cancelled_at)))
+  where status <> 'started';

@@ -1,0 +1,83 @@
+create or replace function pgflow.start_tasks(flow_slug text, msg_ids bigint[], worker_id uuid)
+returns setof pgflow.step_task_record
+language plpgsql
+volatile
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+declare
+  v_slug text := start_tasks.flow_slug;
+  v_runs uuid[];
+  v_steps text[];
+  v_indexes int[];
+  v_ids bigint[];
+  v_offsets int[];
+begin
+  if start_tasks.worker_id is null
+     or not exists (select 1 from pgflow.workers w where w.worker_id = start_tasks.worker_id) then
+    raise exception 'worker % is not registered; insert its pgflow.workers row before claiming tasks',
+      coalesce(start_tasks.worker_id::text, 'NULL') using errcode = '22023';
+  end if;
+
+  with claimable as (
+    -- driven by the message ids, so that each task is one index lookup whatever the
+    -- statistics say about the size of its run
+    select t.run_id, t.step_slug, t.task_index
+      from unnest(start_tasks.msg_ids) as m(id)
+      join pgflow.step_tasks t on t.flow_slug = v_slug and t.message_id = m.id
+      join pgflow.runs r on r.run_id = t.run_id
+      join pgflow.step_states ss on ss.run_id = t.run_id and ss.step_slug = t.step_slug
+     where t.status = 'queued' and r.status = 'started' and ss.status = 'started'
+     for update of t
+  ), claimed as (
+    update pgflow.step_tasks t
+       set status = 'started', attempts_count = t.attempts_count + 1, started_at = now(),
+           last_worker_id = start_tasks.worker_id
+      from claimable c
+     where t.run_id = c.run_id and t.step_slug = c.step_slug and t.task_index = c.task_index
+       and t.status = 'queued'
+    returning t.run_id, t.step_slug, t.task_index, t.message_id
+  )
+  select array_agg(c.run_id order by c.message_id), array_agg(c.step_slug order by c.message_id),
+         array_agg(c.task_index order by c.message_id), array_agg(c.message_id order by c.message_id),
+         array_agg(coalesce(s.opt_timeout, f.opt_timeout) + 2 order by c.message_id)
+    into v_runs, v_steps, v_indexes, v_ids, v_offsets
+    from claimed c
+    join pgflow.steps s on s.flow_slug = v_slug and s.step_slug = c.step_slug
+    join pgflow.flows f on f.flow_slug = v_slug;
+  if v_ids is null then
+    return;
+  end if;
+
+  -- the message stays hidden for as long as the handler may run, plus a margin; done as its own
+  -- statement so that it really runs
+  perform pgflow.set_vt_batch(v_slug, v_ids, v_offsets);
+
+  return query
+  select v_slug,
+         c.run_id,
+         c.step_slug,
+         case
+           when s.step_type = 'map' and s.deps_count = 0 then r.input -> c.task_index
+           when s.step_type = 'map' then (
+             select ps.output -> c.task_index
+               from pgflow.deps d
+               join pgflow.step_states ps on ps.run_id = c.run_id and ps.step_slug = d.dep_slug
+              where d.flow_slug = v_slug and d.step_slug = c.step_slug)
+           when s.deps_count = 0 then '{}'::jsonb
+           else coalesce((
+             select jsonb_object_agg(d.dep_slug, ps.output)
+               from pgflow.deps d
+               join pgflow.step_states ps on ps.run_id = c.run_id and ps.step_slug = d.dep_slug
+              where d.flow_slug = v_slug and d.step_slug = c.step_slug and ps.status = 'completed'),
+             '{}'::jsonb)
+         end,
+         c.message_id,
+         c.task_index,
+         case when s.step_type = 'single' and s.deps_count = 0 then r.input end
+    from unnest(v_runs, v_steps, v_indexes, v_ids) as c(run_id, step_slug, task_index, message_id)
+    join pgflow.runs r on r.run_id = c.run_id
+    join pgflow.steps s on s.flow_slug = v_slug and s.step_slug = c.step_slug
+   order by c.message_id;
+end;
+$$;

@@ -1,0 +1,19 @@
+"""The plugin that registers pgflow's own executors (listed in `pgflow.plugins.BUILTIN_PLUGINS`).
+
+Disable it with `PGFLOW_DISABLE_PLUGINS=pgflow.plugins.builtin` to offer only the
+executors of installed plugins.
+"""
+
+from __future__ import annotations
+
+from pgflow.executors.asyncio_exec import AsyncioExecutor
+from pgflow.executors.inline import InlineExecutor
+from pgflow.executors.process import ProcessExecutor
+from pgflow.executors.thread import ThreadExecutor
+from pgflow.plugins.hookspecs import RegisterExecutor, hookimpl
+
+
+@hookimpl
+def pgflow_register_executors(register: RegisterExecutor) -> None:
+    for executor in (ThreadExecutor, ProcessExecutor, AsyncioExecutor, InlineExecutor):
+        register(executor.name, executor)

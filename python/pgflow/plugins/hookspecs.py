@@ -1,0 +1,99 @@
+"""The hooks pgflow plugins implement (pluggy, project name "pgflow").
+
+A plugin is a module or object with functions named after these specs and decorated with
+`hookimpl`; it is found through the `pgflow` entry point group (see docs/plugins.md):
+
+    from pgflow.hooks import hookimpl
+
+    @hookimpl
+    def pgflow_register_executors(register):
+        register("trio", TrioExecutor)
+
+Registration hooks receive a `register` callback rather than returning values, so one plugin can
+register several things and every registration is checked where it happens. Notification hooks
+(`pgflow_event`, `pgflow_worker_started`, `pgflow_worker_stopped`) are called for every plugin
+even when one of them raises; the failure is logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pluggy
+
+from pgflow.executors.base import ExecutorFactory
+
+if TYPE_CHECKING:
+    from pgflow.flow.definition import Flow
+
+__all__ = [
+    "RegisterExecutor",
+    "RegisterSerializer",
+    "Serializer",
+    "hookimpl",
+    "hookspec",
+]
+
+hookspec = pluggy.HookspecMarker("pgflow")
+hookimpl = pluggy.HookimplMarker("pgflow")
+
+
+class Serializer(Protocol):
+    """Turns handler outputs and run inputs into JSON text and back.
+
+    Postgres stores them as `jsonb`, so `encode` must produce valid UTF-8 JSON; a serializer
+    decides how values JSON has no type for (dates, decimals, custom classes) are represented.
+    """
+
+    def encode(self, value: Any) -> bytes: ...
+
+    def decode(self, data: bytes | str) -> Any: ...
+
+
+RegisterExecutor = Callable[[str, ExecutorFactory], None]
+"""`register(name, factory)`: the factory is called with keyword arguments `concurrency`,
+`resolve_step` and `load_flow_input` and returns an `Executor`; an `Executor` subclass is one."""
+
+RegisterSerializer = Callable[[str, Serializer], None]
+"""`register(name, serializer)`."""
+
+
+@hookspec
+def pgflow_register_executors(register: RegisterExecutor) -> None:
+    """Register executors by name: `register("trio", TrioExecutor)`.
+
+    Names must be unique across plugins: registering a name twice is an error naming both
+    plugins. Users select an executor by name (`Worker(flows, executor="trio")`).
+    """
+
+
+@hookspec
+def pgflow_register_serializers(register: RegisterSerializer) -> None:
+    """Register serializers by name: `register("orjson", OrjsonSerializer())`.
+
+    The object needs `encode(value) -> bytes` and `decode(bytes | str) -> value`; names must be
+    unique across plugins.
+    """
+
+
+@hookspec
+def pgflow_event(event: Mapping[str, Any]) -> None:
+    """Receive one run or step event, such as `{"event_type": "step:completed", "run_id": ...}`
+    (fields as in the SQL contract's event table).
+
+    Fire and forget: called in pgflow's event delivery thread, never on a worker's task path; a
+    sink that needs time should queue the event and return. Exceptions are logged and do not
+    stop delivery to other sinks. The mapping must not be modified.
+    """
+
+
+@hookspec
+def pgflow_worker_started(worker_id: str, flows: Sequence[Flow]) -> None:
+    """A worker registered itself (`worker_id` is its UUID in text form) and is about to
+    claim tasks of `flows`."""
+
+
+@hookspec
+def pgflow_worker_stopped(worker_id: str) -> None:
+    """A worker stopped claiming tasks and finished (or gave back) the ones it had."""

@@ -1,0 +1,575 @@
+"""The worker: claims tasks, runs their handlers on an executor, reports the results.
+
+One loop thread owns the database connection. Each turn it reports every result that has come
+in (one batched call: results that arrive while a call is in flight ride along on the next one),
+then refills the executor's free slots with one claim. It sleeps only when there is nothing to
+report and nothing to claim, and wakes on a result, a NOTIFY from the listener, or the poll
+timer. Heartbeats, deprecation checks and stalled-task recovery run on timers in the same loop.
+
+Nothing is lost when things go wrong: a handler error fails the task (and the SQL retries it);
+a lost connection is reopened with backoff while results wait in memory; a worker killed
+outright leaves started tasks that `requeue_stalled_tasks` (run by one worker at a time)
+puts back in the queue.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import psycopg
+
+from pgflow.db.connection import connect
+from pgflow.db.dsn import redact, resolve_dsn
+from pgflow.db.listener import EVENTS_CHANNEL, TASKS_CHANNEL, ChannelListener, task_listener
+from pgflow.errors import PgflowError, one_line
+from pgflow.executors.base import Executor, Job, JobResult
+from pgflow.flow import Flow, load_flow
+from pgflow.plugins.events import EventRelay
+from pgflow.plugins.manager import (
+    create_executor,
+    fire_worker_started,
+    fire_worker_stopped,
+    get_plugin_manager,
+    has_event_sinks,
+)
+from pgflow.worker import session
+from pgflow.worker.claims import BatchedSource, ClaimedTask, PerTaskSource, TaskSource
+from pgflow.worker.options import WorkerOptions
+from pgflow.worker.reporter import Reporter
+from pgflow.worker.reports import BatchedSink, Outcome, PerTaskSink, ResultSink, error_text
+from pgflow.worker.run_inputs import RunInputCache
+
+logger = logging.getLogger("pgflow.worker")
+
+
+@dataclass
+class WorkerStats:
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    claims: int = 0
+    reports: int = 0
+
+
+class Worker:
+    """Runs the tasks of one or more flows.
+
+    `flows` are `Flow` objects or import paths ("module:attr"); the process executor needs
+    import paths (or flows defined in importable modules) to load handlers in its children.
+    `dsn` (else `PGFLOW_DSN`, else `DATABASE_URL`; `"embedded"` for the embedded server) names
+    the database. Settings come from `options` (a `WorkerOptions`), with any of its fields
+    given as keyword arguments on top: `Worker(flows, executor="process", concurrency=4)`.
+    """
+
+    def __init__(
+        self,
+        flows: Iterable[Flow | str],
+        *,
+        dsn: str | None = None,
+        options: WorkerOptions | None = None,
+        install_signal_handlers: bool = True,
+        **settings: Any,
+    ) -> None:
+        self.flows: dict[str, Flow] = {}
+        self.flow_refs: dict[str, str | None] = {}
+        for item in flows:
+            flow = load_flow(item) if isinstance(item, str) else item
+            if flow.slug in self.flows:
+                raise PgflowError(f"flow {flow.slug!r} was given twice; give each flow once")
+            self.flows[flow.slug] = flow
+            self.flow_refs[flow.slug] = item if isinstance(item, str) else _import_path(flow)
+        if not self.flows:
+            raise PgflowError("a worker needs at least one flow")
+        self.options = (options or WorkerOptions()).replace(**settings)
+        self.dsn, self.dsn_source = resolve_dsn(dsn)
+        self.install_signal_handlers = install_signal_handlers
+        opts = self.options
+
+        # an eighth of what one claim may take, so refills stay prompt but not tiny
+        self._min_claim = max(1, min(opts.claim_size, opts.concurrency) // 8)
+        self.source: TaskSource = PerTaskSource() if opts.per_task else BatchedSource()
+        self.sink: ResultSink = PerTaskSink() if opts.per_task else BatchedSink()
+        self.worker_ids = {slug: uuid.uuid4() for slug in self.flows}
+        self.stats = WorkerStats()
+
+        self._results: collections.deque[JobResult] = collections.deque()
+        self._pending: list[Outcome] = []
+        self._reporter: Reporter | None = None
+        self._wake = threading.Event()
+        self._flushed = threading.Event()
+        self._notified = threading.Event()
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._started = threading.Event()
+        # (run_id, step_slug, task_index) -> (flow slug, task) of every job the executor runs
+        self._in_flight: dict[tuple[str, str, int], tuple[str, ClaimedTask]] = {}
+        self._run_inputs = RunInputCache(self._fetch_run_input)
+        self._input_lock = threading.Lock()
+        self._input_conn: psycopg.Connection[Any] | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._executor: Executor | None = None
+        self._listener: ChannelListener | None = None
+        self._events: EventRelay | None = None
+        self._signals = 0
+
+    # -- public API --------------------------------------------------------------------------
+
+    @property
+    def started(self) -> threading.Event:
+        """Set once the worker has registered and begun claiming (handy in tests)."""
+        return self._started
+
+    def run(self) -> None:
+        """Run until stopped (SIGTERM/SIGINT, `stop()`, or deprecation)."""
+        restore = self._install_signals() if self.install_signal_handlers else None
+        try:
+            self._run()
+        finally:
+            if restore is not None:
+                restore()
+
+    def stop(self) -> None:
+        """Ask for a graceful stop: no new claims; in-flight tasks get the grace period."""
+        self._stopping.set()
+        self._wake.set()
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    # -- main loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        get_plugin_manager()  # load plugins early, so errors in them surface at start
+        self._conn = self._connect_with_backoff()
+        self._compile_flows()
+        self._register()
+        self._executor = create_executor(
+            self.options.executor,
+            concurrency=self.options.concurrency,
+            resolve_step=self._resolve_step,
+            load_flow_input=self._load_flow_input,
+        )
+        self._executor.start()
+        self._reporter = Reporter(
+            self.dsn, self.sink, self._on_flushed, max_batch=max(self.options.claim_size, 100)
+        )
+        self._reporter.start()
+        if self.options.listen:
+            self._listener = task_listener(self.dsn, self.flows, self._on_notify)
+            self._listener.start()
+            # runs started right after `started` is set must not wait for the next poll
+            self._listener.wait_alive(timeout=5.0)
+        if has_event_sinks():
+            self._events = EventRelay(self.dsn)
+            self._events.start()
+        logger.info(
+            "worker started: flows %s, executor %s x%d, batch %d, %s path, database %s",
+            ", ".join(self.flows),
+            self.options.executor,
+            self.options.concurrency,
+            self.options.claim_size,
+            "per-task" if self.options.per_task else "batched",
+            redact(self.dsn),
+        )
+        self._started.set()
+        try:
+            self._loop()
+            self._drain()
+        finally:
+            self._shutdown()
+
+    def _loop(self) -> None:
+        assert self._executor is not None
+        next_heartbeat = time.monotonic() + self.options.heartbeat_interval
+        next_requeue = time.monotonic()
+        next_poll = 0.0
+        more_work = True
+        while not self._stopping.is_set():
+            # a NOTIFY means there may be tasks to claim (results wake us too, but say nothing
+            # about the queue); remember it before clearing
+            notified = self._notified.is_set()
+            self._notified.clear()
+            self._wake.clear()
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                self._db(self._heartbeat)
+                next_heartbeat = now + self.options.heartbeat_interval
+            if now >= next_requeue:
+                self._db(self._requeue_stalled)
+                next_requeue = now + self.options.requeue_interval
+            if self._collect():
+                self._flush()
+            if self._flushed.is_set():
+                self._flushed.clear()
+                more_work = True  # completions may have made new tasks ready
+            free = self._executor.free_slots()
+            # A claim costs a round trip whatever its size: while plenty of tasks are still
+            # running, let a few slots free up first instead of claiming them one at a time.
+            worth_claiming = free >= self._min_claim or not self._in_flight
+            if free > 0 and worth_claiming and (more_work or notified or now >= next_poll):
+                want = min(free, self.options.claim_size)
+                claimed = self._db(functools.partial(self._claim, want)) or 0
+                next_poll = time.monotonic() + self._poll_interval()
+                more_work = claimed >= min(free, self.options.claim_size)
+                if claimed:
+                    continue
+            if self._results:
+                continue
+            timeout = (
+                max(0.0, next_poll - time.monotonic()) if free > 0 else self.options.poll_interval
+            )
+            timeout = min(timeout, max(0.0, next_heartbeat - time.monotonic()))
+            self._wake.wait(timeout)
+
+    def _on_notify(self) -> None:
+        # called from the listener thread: tasks may be waiting, claim on the next turn
+        self._notified.set()
+        self._wake.set()
+
+    def _poll_interval(self) -> float:
+        # without a live listener nothing wakes us: poll more often
+        if self._listener is not None and self._listener.alive:
+            return self.options.poll_interval
+        return min(self.options.poll_interval, 0.25)
+
+    def _drain(self) -> None:
+        """Graceful stop: no more claims; let in-flight tasks finish within the grace period."""
+        assert self._executor is not None
+        logger.info(
+            "stopping: %d task(s) in flight, grace %.0fs",
+            len(self._in_flight),
+            self.options.shutdown_grace,
+        )
+        deadline = time.monotonic() + self.options.shutdown_grace
+        while self._in_flight and time.monotonic() < deadline and self._signals < 2:
+            if self._collect():
+                self._flush()
+            self._wake.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            self._wake.clear()
+        unfinished = self._executor.shutdown(grace=0 if self._signals >= 2 else 1.0)
+        if self._collect():
+            self._flush()
+        assert self._reporter is not None
+        if not self._reporter.close(timeout=max(5.0, deadline - time.monotonic())):
+            logger.warning("some results could not be reported; those tasks will be retried")
+        if unfinished or self._in_flight:
+            logger.warning(
+                "%d task(s) did not finish within the grace period; they will be retried after "
+                "their timeout",
+                max(len(unfinished), len(self._in_flight)),
+            )
+
+    def _poke_listeners(self) -> None:
+        """Wake the listener threads so they see the stop now, not at their next check."""
+        if self._conn is None or self._conn.closed:
+            return
+        with contextlib.suppress(psycopg.Error):
+            session.wake_listeners(self._conn, (TASKS_CHANNEL, EVENTS_CHANNEL))
+
+    def _shutdown(self) -> None:
+        if self._reporter is not None and self._signals < 2:
+            self._reporter.close(timeout=5.0)
+        for listener in (self._listener, self._events):
+            if listener is not None:
+                listener.request_stop()
+        self._poke_listeners()
+        if self._listener is not None:
+            self._listener.stop()
+        if self._events is not None:
+            self._events.stop()
+        if self._executor is not None:
+            self._executor.kill()
+        try:
+            if self._conn is not None and not self._conn.closed:
+                for worker_id in self.worker_ids.values():
+                    session.mark_stopped(self._conn, worker_id)
+        except psycopg.Error as exc:
+            logger.warning("could not mark the worker stopped: %s", type(exc).__name__)
+        for conn in (self._conn, self._input_conn):
+            if conn is not None:
+                conn.close()
+        for worker_id in self.worker_ids.values():
+            fire_worker_stopped(str(worker_id))
+        self._stopped.set()
+        logger.info(
+            "worker stopped: %d completed, %d failed", self.stats.completed, self.stats.failed
+        )
+
+    # -- database steps ----------------------------------------------------------------------
+
+    def _connect_with_backoff(self) -> psycopg.Connection[Any]:
+        delay = 0.1
+        while True:
+            try:
+                conn = connect(self.dsn, autocommit=True, prepare_threshold=None)
+                # Claims, heartbeats and requeues need not wait for the WAL flush: if the server
+                # crashes before a claim is durable, the task is simply claimed again after its
+                # visibility timeout. Results go through the reporter's connection, which keeps
+                # synchronous commit, so no completion is ever acknowledged and then lost.
+                conn.execute("set synchronous_commit = off")
+                return conn
+            except PgflowError as exc:
+                if self._stopping.is_set() or not self._started.is_set():
+                    raise
+                logger.warning("%s; retrying in %.1fs", exc, delay)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self.options.max_backoff)
+
+    def _db(self, action: Callable[[], Any]) -> Any:
+        """Run a database step; on a lost connection, reconnect with backoff and try again."""
+        delay = 0.1
+        while True:
+            try:
+                if self._conn is None or self._conn.closed:
+                    try:
+                        self._conn = self._connect_with_backoff()
+                    except PgflowError:
+                        if self._stopping.is_set():
+                            return None  # the stop came while the database was down
+                        raise
+                    self._register()
+                return action()
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                logger.warning(
+                    "database connection lost (%s); reconnecting",
+                    one_line(exc, 300) or type(exc).__name__,
+                )
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                if self._stopping.is_set():
+                    # stopping: claims and heartbeats are not worth waiting for a database
+                    # that is down (results still get the reporter's retries)
+                    return None
+                self._stopping.wait(delay)
+                delay = min(delay * 2, self.options.max_backoff)
+
+    def _compile_flows(self) -> None:
+        assert self._conn is not None
+        for slug, flow in self.flows.items():
+            status = session.compile_flow(self._conn, flow, self.options.allow_data_loss)
+            if status == "recompiled":
+                logger.warning("flow %s was recompiled; its old runs were deleted", slug)
+            else:
+                logger.info("flow %s %s", slug, status)
+
+    def _register(self) -> None:
+        assert self._conn is not None
+        name = f"{socket.gethostname()}:{os.getpid()}"
+        for slug, worker_id in self.worker_ids.items():
+            session.register(self._conn, worker_id, slug, name)
+            if not self._started.is_set():
+                fire_worker_started(str(worker_id), [self.flows[slug]])
+
+    def _heartbeat(self) -> None:
+        assert self._conn is not None
+        for worker_id in self.worker_ids.values():
+            if session.heartbeat(self._conn, worker_id):
+                logger.info("worker %s was deprecated; finishing in-flight tasks", worker_id)
+                self.stop()
+
+    def _requeue_stalled(self) -> None:
+        assert self._conn is not None
+        count = session.requeue_stalled(self._conn)
+        if count:
+            logger.warning("requeued %d stalled task(s)", count)
+
+    def _claim(self, qty: int) -> int:
+        assert self._conn is not None and self._executor is not None
+        total = 0
+        for slug in self._flows_round_robin():
+            if qty - total <= 0:
+                break
+            tasks, run_inputs = self.source.claim(
+                self._conn, slug, self.worker_ids[slug], qty - total
+            )
+            self.stats.claims += 1
+            if run_inputs:
+                self._run_inputs.offer(run_inputs)
+            for task in tasks:
+                self._submit(slug, task)
+            total += len(tasks)
+        self.stats.claimed += total
+        return total
+
+    def _flows_round_robin(self) -> list[str]:
+        slugs = list(self.flows)
+        if len(slugs) > 1:
+            shift = self.stats.claims % len(slugs)
+            slugs = slugs[shift:] + slugs[:shift]
+        return slugs
+
+    def _submit(self, flow_slug: str, task: ClaimedTask) -> None:
+        assert self._executor is not None
+        key = (task.run_id, task.step_slug, task.task_index)
+        if task.input_error is not None:
+            self._pending.append(
+                Outcome(
+                    task.run_id,
+                    task.step_slug,
+                    task.task_index,
+                    task.attempt,
+                    error=task.input_error,
+                )
+            )
+            self._wake.set()
+            return
+        step = self.flows[flow_slug].get_step(task.step_slug)
+        job = Job(
+            key=key,
+            flow_slug=flow_slug,
+            step_slug=task.step_slug,
+            input=task.input,
+            run_id=task.run_id,
+            task_index=task.task_index,
+            attempt=task.attempt,
+            timeout=float(step.effective_timeout),
+            flow_ref=self.flow_refs[flow_slug],
+        )
+        self._in_flight[key] = (flow_slug, task)
+        self._executor.submit(job, self._on_done)
+
+    def _on_done(self, result: JobResult) -> None:
+        # called from executor threads: hand over and wake the loop, nothing more
+        self._results.append(result)
+        self._wake.set()
+
+    def _collect(self) -> bool:
+        """Move finished jobs to the pending reports; True when there is something to report."""
+        while self._results:
+            result = self._results.popleft()
+            key = result.key
+            assert isinstance(key, tuple)
+            run_id, step_slug, task_index = key
+            flow_slug, task = self._in_flight.pop(key, (None, None))
+            outcome = Outcome(run_id, step_slug, task_index, task.attempt if task else None)
+            if result.ok:
+                outcome.output = result.output
+                if flow_slug is not None:
+                    try:
+                        step = self.flows[flow_slug].get_step(step_slug)
+                        outcome.output = step.to_builtins(result.output)
+                    except PgflowError as exc:
+                        outcome.output = None
+                        outcome.error = error_text(type(exc).__name__, str(exc))
+            else:
+                if result.traceback:
+                    logger.warning(
+                        "task %s/%s[%d] failed: %s: %s\n%s",
+                        run_id,
+                        step_slug,
+                        task_index,
+                        result.error_type,
+                        result.error_message,
+                        result.traceback,
+                    )
+                elif result.timed_out:
+                    logger.warning(
+                        "task %s/%s[%d] exceeded its timeout on the %s executor",
+                        run_id,
+                        step_slug,
+                        task_index,
+                        self.options.executor,
+                    )
+                outcome.error = error_text(result.error_type, result.error_message)
+            self._pending.append(outcome)
+        return bool(self._pending)
+
+    def _flush(self) -> None:
+        assert self._reporter is not None
+        batch, self._pending = self._pending, []
+        self._reporter.put(batch)
+
+    def _on_flushed(self, batch: Sequence[Outcome]) -> None:
+        # called from the reporter thread
+        for outcome in batch:
+            if outcome.ok:
+                self.stats.completed += 1
+            else:
+                self.stats.failed += 1
+        self.stats.reports += 1
+        self._flushed.set()
+        self._wake.set()
+
+    # -- executor callbacks --------------------------------------------------------------------
+
+    def _resolve_step(self, flow_slug: str, step_slug: str) -> Any:
+        return self.flows[flow_slug].get_step(step_slug)
+
+    def _load_flow_input(self, run_id: str) -> Any:
+        return self._run_inputs.get(run_id)
+
+    def _fetch_run_input(self, run_id: str) -> str:
+        # executor threads call this; the loop's connection is not theirs to use
+        with self._input_lock:
+            if self._input_conn is None or self._input_conn.closed:
+                self._input_conn = connect(self.dsn, autocommit=True)
+            raw = session.run_input(self._input_conn, run_id)
+        if raw is None:
+            raise PgflowError(f"run {run_id} does not exist (was it pruned?)")
+        return raw
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _install_signals(self) -> Callable[[], None] | None:
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            self._signals += 1
+            if self._signals == 1:
+                logger.info(
+                    "received %s: finishing in-flight tasks (again to exit at once)",
+                    signal.Signals(signum).name,
+                )
+                self.stop()
+            else:
+                logger.warning(
+                    "received %s again: exiting now; unfinished tasks will be retried",
+                    signal.Signals(signum).name,
+                )
+                if self._executor is not None:
+                    self._executor.kill()
+                os._exit(130)
+
+        for sig in previous:
+            signal.signal(sig, handle)
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
+
+
+def _import_path(flow: Flow) -> str | None:
+    """'module:attr' for a flow defined at module level of an importable module."""
+    for name, module in list(sys.modules.items()):
+        if name == "__main__" or module is None:
+            continue
+        for attr, value in list(vars(module).items()):
+            if value is flow:
+                return f"{name}:{attr}"
+    return None
+
+
+def run_worker(flows: Sequence[Flow | str], **options: Any) -> Worker:
+    """Build and run a worker in the current thread (returns after it stopped)."""
+    worker = Worker(flows, **options)
+    worker.run()
+    return worker

@@ -1,0 +1,120 @@
+"""Reporting task results: encode outputs, then one `pgflow.report_tasks` call per batch (or
+`complete_task` / `fail_task` per task on the contract's own path).
+
+An output that has no JSON form fails its task with a message saying why; it never fails the
+batch or the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from pgflow import codec
+from pgflow.errors import CoreError
+
+logger = logging.getLogger("pgflow.worker")
+
+# error messages are stored in the database and shown to people: keep them readable
+MAX_ERROR_LENGTH = 2000
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of one task attempt, ready to report."""
+
+    run_id: str
+    step_slug: str
+    task_index: int
+    # the attempt this result answers (as claimed): a stale attempt's result changes nothing
+    attempt: int | None = None
+    output: Any = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def error_text(error_type: str | None, message: str | None) -> str:
+    text = f"{error_type or 'Error'}: {message}" if message else (error_type or "Error")
+    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 3] + "..."
+
+
+def encode_outputs(outcomes: Sequence[Outcome]) -> str:
+    """One JSON array with each outcome's output (null for failures). Outcomes whose output
+    cannot be encoded are turned into failures in place."""
+    values = [o.output if o.ok else None for o in outcomes]
+    try:
+        return codec.encode_outputs(values)
+    except CoreError:
+        pass
+    for outcome in outcomes:
+        if not outcome.ok:
+            continue
+        try:
+            codec.encode_value(outcome.output)
+        except CoreError as exc:
+            outcome.error = error_text(
+                "OutputNotJSON",
+                f"the output of step {outcome.step_slug!r} cannot be stored as JSON: {exc}",
+            )
+            outcome.output = None
+    return codec.encode_outputs([o.output if o.ok else None for o in outcomes])
+
+
+class ResultSink(Protocol):
+    def report(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> None: ...
+
+
+_REPORT_SQL = "select pgflow.report_tasks(%s::uuid[], %s::text[], %s::int[], %s::jsonb, %s::text[], %s::int[])"
+
+
+class BatchedSink:
+    """All outcomes in one call and one transaction."""
+
+    def report(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        outputs = encode_outputs(outcomes)
+        conn.execute(
+            _REPORT_SQL,
+            (
+                [o.run_id for o in outcomes],
+                [o.step_slug for o in outcomes],
+                [o.task_index for o in outcomes],
+                outputs,
+                [o.error for o in outcomes],
+                [o.attempt for o in outcomes],
+            ),
+            prepare=True,
+        )
+
+
+class PerTaskSink:
+    """The contract's own path: `complete_task` / `fail_task`, one transaction each."""
+
+    def report(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> None:
+        if not outcomes:
+            return
+        encode_outputs(outcomes)  # turns unencodable outputs into failures
+        for o in outcomes:
+            if o.ok:
+                conn.execute(
+                    "select 1 from pgflow.complete_task(%s, %s, %s, %s, %s::int)",
+                    (o.run_id, o.step_slug, o.task_index, Jsonb(o.output, dumps=_dumps), o.attempt),
+                )
+            else:
+                conn.execute(
+                    "select 1 from pgflow.fail_task(%s, %s, %s, %s, %s::int)",
+                    (o.run_id, o.step_slug, o.task_index, o.error, o.attempt),
+                )
+
+
+def _dumps(value: Any) -> str:
+    return codec.encode_value(value)
