@@ -24,6 +24,7 @@ from psycopg.types.json import Jsonb
 
 from pgflow.db.compile import ENSURE_FLOW_COMPILED, check_compiled, compile_params
 from pgflow.db.connection import connect, connection_defaults, unavailable
+from pgflow.db.constraints import explain
 from pgflow.db.dsn import resolve_dsn
 from pgflow.errors import (
     PgflowError,
@@ -343,6 +344,12 @@ class _Stepper(Generic[T]):
         except StopIteration as done:
             self.result = done.value
             return None
+        except psycopg.Error as exc:
+            # the SQL answers like pgflow (constraint names, pgflow's messages); say what to do
+            translated = explain(exc)
+            if translated is None:
+                raise
+            raise translated from exc
 
 
 def _attempt(

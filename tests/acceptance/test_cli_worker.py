@@ -177,8 +177,8 @@ def test_a_killed_worker_s_tasks_are_requeued_and_finished_by_another(
 
     # the tasks now look as if they had been started long ago, past timeout + 30 s
     conn.execute(
-        "update pgflow.step_tasks set started_at = now() - interval '10 minutes' "
-        "where run_id = %s and status = 'started'",
+        "update pgflow.step_tasks set started_at = now() - interval '10 minutes', "
+        "queued_at = now() - interval '11 minutes' where run_id = %s and status = 'started'",
         (run_id,),
     )
     gate.touch()

@@ -55,7 +55,8 @@ def _report(
 def _stall_and_requeue(conn: Conn, run_id: Any, step: str, index: int = 0) -> None:
     """Make a started task look abandoned and let the stalled-task sweep requeue it."""
     conn.execute(
-        "update pgflow.step_tasks set started_at = now() - interval '1 hour'"
+        "update pgflow.step_tasks set started_at = now() - interval '1 hour',"
+        " queued_at = now() - interval '2 hours'"
         " where run_id = %s and step_slug = %s and task_index = %s",
         (run_id, step, index),
     )

@@ -210,7 +210,7 @@ def test_add_step_is_idempotent(conn: Conn) -> None:
     again = one(
         conn,
         "select * from pgflow.add_step('stable', 'c', array['a', 'b'], max_attempts => 9,"
-        " step_type => 'map')",
+        " when_exhausted => 'skip')",
     )
     assert again == before
     assert scalar(conn, "select count(*) from pgflow.steps where flow_slug = 'stable'") == 3

@@ -111,7 +111,8 @@ def test_a_running_worker_requeues_tasks_stalled_after_it_started(db_dsn: str) -
             ).fetchone()
             assert claimed == (1,)
             conn.execute(
-                "update pgflow.step_tasks set started_at = now() - interval '1 hour'"
+                "update pgflow.step_tasks set started_at = now() - interval '1 hour',"
+                " queued_at = now() - interval '2 hours'"
                 " where run_id = %s",
                 (run[0],),
             )

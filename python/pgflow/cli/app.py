@@ -34,6 +34,7 @@ from pgflow.cli.parser import (
     add_global_options,
 )
 from pgflow.db.connection import describe_error
+from pgflow.db.constraints import explain
 from pgflow.db.dsn import redact
 from pgflow.errors import PgflowError, one_line
 
@@ -53,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PgflowError as exc:
         _print_error(str(exc), exc, debug)
     except psycopg.Error as exc:
-        _print_error(describe_error(exc), exc, debug)
+        known = explain(exc)
+        _print_error(str(known) if known is not None else describe_error(exc), exc, debug)
     except Exception as exc:
         # A bug, not a user mistake: always show where it happened (passwords removed).
         _print_error(f"internal error: {type(exc).__name__}: {exc}", exc, True)

@@ -392,6 +392,15 @@ def _ensure_pgmq(conn: psycopg.Connection[Any], report: Progress) -> None:
             conn, "select default_version from pg_available_extensions where name = 'pgmq'"
         )
     if installed_as is None:
+        if available is not None and _version_tuple(str(available)) < _version_tuple(
+            PGMQ_MIN_VERSION
+        ):
+            raise MigrationError(
+                f"the server offers pgmq {available} as an extension, which is too old: pgflow "
+                f"needs pgmq {PGMQ_MIN_VERSION} or newer (1.5.1 is what hosted PostgreSQL "
+                "services usually offer); install a newer pgmq on the server, or remove the old "
+                "one so that pgflow installs pgmq's SQL-only build"
+            )
         created = available is not None and _create_pgmq_extension(conn, report)
         if not created:
             _install_pgmq_sql(conn, report)
@@ -403,11 +412,28 @@ def _ensure_pgmq(conn: psycopg.Connection[Any], report: Progress) -> None:
             " and t.typname = 'message_record' and a.attname = 'headers' and not a.attisdropped)",
         )
         installed_as, version = _pgmq_state(conn)
-    if not has_headers:
+    too_old = not has_headers or (
+        version is not None
+        and version != "unknown"
+        and _version_tuple(version) < _version_tuple(PGMQ_MIN_VERSION)
+    )
+    if too_old:
+        advice = (
+            "run ALTER EXTENSION pgmq UPDATE as a superuser (after installing a newer pgmq on "
+            "the server)"
+            if installed_as == "extension"
+            else "drop schema pgmq (and its queues) and run pgflow db migrate again to install "
+            "pgmq's current SQL-only build"
+        )
         raise MigrationError(
             f"pgmq {version} ({installed_as}) is too old: pgflow needs pgmq {PGMQ_MIN_VERSION} or "
-            "newer; run ALTER EXTENSION pgmq UPDATE as a superuser"
+            f"newer; {advice}"
         )
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    """'1.5.1' -> (1, 5, 1); parts that are not numbers count as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
 
 
 def _create_pgmq_extension(conn: psycopg.Connection[Any], report: Progress) -> bool:

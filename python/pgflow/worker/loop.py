@@ -378,15 +378,23 @@ class Worker:
     def _heartbeat(self) -> None:
         assert self._conn is not None
         for worker_id in self.worker_ids.values():
-            if session.heartbeat(self._conn, worker_id):
+            deprecated = session.heartbeat(self._conn, worker_id)
+            if deprecated is None:
+                logger.warning("worker %s had no row (pruned?); registering again", worker_id)
+                self._register()
+            elif deprecated:
                 logger.info("worker %s was deprecated; finishing in-flight tasks", worker_id)
                 self.stop()
 
     def _requeue_stalled(self) -> None:
         assert self._conn is not None
-        count = session.requeue_stalled(self._conn)
-        if count:
-            logger.warning("requeued %d stalled task(s)", count)
+        requeued, given_up = session.requeue_stalled(self._conn)
+        if requeued:
+            logger.warning("requeued %d stalled task(s)", requeued)
+        if given_up:
+            logger.error(
+                "%d task(s) stalled too many times and failed like tasks out of attempts", given_up
+            )
 
     def _claim(self, qty: int) -> int:
         assert self._conn is not None and self._executor is not None
@@ -394,9 +402,18 @@ class Worker:
         for slug in self._flows_round_robin():
             if qty - total <= 0:
                 break
-            tasks, run_inputs = self.source.claim(
-                self._conn, slug, self.worker_ids[slug], qty - total
-            )
+            try:
+                tasks, run_inputs = self.source.claim(
+                    self._conn, slug, self.worker_ids[slug], qty - total
+                )
+            except psycopg.Error as exc:
+                if not session.is_unregistered_worker(exc):
+                    raise
+                logger.warning("this worker's row was gone (pruned?); registering again")
+                self._register()
+                tasks, run_inputs = self.source.claim(
+                    self._conn, slug, self.worker_ids[slug], qty - total
+                )
             self.stats.claims += 1
             if run_inputs:
                 self._run_inputs.offer(run_inputs)

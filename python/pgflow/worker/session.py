@@ -9,6 +9,7 @@ from uuid import UUID
 import psycopg
 
 from pgflow.db.compile import ENSURE_FLOW_COMPILED, check_compiled, compile_params
+from pgflow.db.constraints import explain
 from pgflow.flow import Flow
 
 # stalled-task recovery: one worker at a time, under this advisory lock
@@ -20,30 +21,50 @@ Conn = psycopg.Connection[Any]
 def compile_flow(conn: Conn, flow: Flow, allow_data_loss: bool) -> str:
     """Create the flow when missing, verify it when present; `compiled`, `verified` or
     `recompiled`. Raises `FlowMismatch` when the database differs and data loss is not allowed."""
-    row = conn.execute(
-        ENSURE_FLOW_COMPILED, compile_params(flow.slug, flow.shape(), allow_data_loss)
-    ).fetchone()
+    try:
+        row = conn.execute(
+            ENSURE_FLOW_COMPILED, compile_params(flow.slug, flow.shape(), allow_data_loss)
+        ).fetchone()
+    except psycopg.Error as exc:
+        translated = explain(exc)
+        if translated is None:
+            raise
+        raise translated from exc
     return check_compiled(flow.slug, row[0] if row else None)
+
+
+def is_unregistered_worker(exc: psycopg.Error) -> bool:
+    """Whether a claim failed because the worker's row is gone (pruned while it lived)."""
+    return (
+        isinstance(exc, psycopg.errors.ForeignKeyViolation)
+        and exc.diag.constraint_name == "step_tasks_last_worker_id_fkey"
+    )
 
 
 def register(conn: Conn, worker_id: UUID, flow_slug: str, function_name: str) -> None:
     conn.execute("select pgflow.register_worker(%s, %s, %s)", (worker_id, flow_slug, function_name))
 
 
-def heartbeat(conn: Conn, worker_id: UUID) -> bool:
-    """Record a heartbeat; True when an operator has deprecated the worker."""
+def heartbeat(conn: Conn, worker_id: UUID) -> bool | None:
+    """Record a heartbeat: True when an operator has deprecated the worker, None when its row
+    is gone (pruned while the worker lived: it must register again)."""
     row = conn.execute("select pgflow.send_heartbeat(%s)", (worker_id,)).fetchone()
-    return bool(row is not None and row[0])
+    return None if row is None or row[0] is None else bool(row[0])
 
 
-def requeue_stalled(conn: Conn) -> int:
-    """Requeue tasks of dead workers, unless another worker is doing it right now (then 0)."""
+def requeue_stalled(conn: Conn) -> tuple[int, int]:
+    """Requeue tasks of dead workers, unless another worker is doing it right now: (tasks
+    requeued, tasks given up on after too many requeues, which failed like exhausted ones)."""
     with conn.transaction():
         row = conn.execute("select pg_try_advisory_xact_lock(%s)", (REQUEUE_LOCK_KEY,)).fetchone()
         if row is None or not row[0]:
-            return 0
-        count = conn.execute("select pgflow.requeue_stalled_tasks()").fetchone()
-    return int(count[0]) if count and count[0] else 0
+            return 0, 0
+        requeued = conn.execute("select pgflow.requeue_stalled_tasks()").fetchone()
+        # those the sweep gave up on were marked now(), the same instant in this transaction
+        stalled = conn.execute(
+            "select count(*) from pgflow.step_tasks where permanently_stalled_at = now()"
+        ).fetchone()
+    return (int(requeued[0]) if requeued else 0), (int(stalled[0]) if stalled else 0)
 
 
 def run_input(conn: Conn, run_id: str) -> str | None:

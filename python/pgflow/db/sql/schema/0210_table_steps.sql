@@ -14,19 +14,19 @@ create table pgflow.steps (
   when_exhausted text not null default 'fail',
   created_at timestamptz not null default now(),
   primary key (flow_slug, step_slug),
-  constraint steps_step_index_key unique (flow_slug, step_index),
-  constraint steps_slug_is_valid check (pgflow.is_valid_slug(step_slug)),
-  constraint steps_step_type_is_valid check (step_type in ('single', 'map')),
-  constraint steps_deps_count_nonnegative check (deps_count >= 0),
-  constraint steps_map_has_at_most_one_dep check (step_type <> 'map' or deps_count <= 1),
-  constraint steps_opt_max_attempts_nonnegative check (opt_max_attempts is null or opt_max_attempts >= 0),
-  constraint steps_opt_base_delay_nonnegative check (opt_base_delay is null or opt_base_delay >= 0),
-  constraint steps_opt_timeout_positive check (opt_timeout is null or opt_timeout > 0),
-  constraint steps_opt_start_delay_nonnegative check (opt_start_delay is null or opt_start_delay >= 0),
-  constraint steps_required_pattern_is_object
+  constraint steps_flow_slug_step_index_key unique (flow_slug, step_index),
+  constraint steps_step_slug_check check (pgflow.is_valid_slug(step_slug)),
+  constraint steps_step_type_check check (step_type in ('single', 'map')),
+  constraint steps_deps_count_check check (deps_count >= 0),
+  constraint map_has_at_most_one_dependency check (step_type <> 'map' or deps_count <= 1),
+  constraint opt_max_attempts_is_nonnegative check (opt_max_attempts is null or opt_max_attempts >= 0),
+  constraint opt_base_delay_is_nonnegative check (opt_base_delay is null or opt_base_delay >= 0),
+  constraint opt_timeout_is_positive check (opt_timeout is null or opt_timeout > 0),
+  constraint opt_start_delay_is_nonnegative check (opt_start_delay is null or opt_start_delay >= 0),
+  constraint required_input_pattern_is_object
     check (required_input_pattern is null or jsonb_typeof(required_input_pattern) = 'object'),
-  constraint steps_forbidden_pattern_is_object
+  constraint forbidden_input_pattern_is_object
     check (forbidden_input_pattern is null or jsonb_typeof(forbidden_input_pattern) = 'object'),
-  constraint steps_when_unmet_is_valid check (when_unmet in ('fail', 'skip', 'skip-cascade')),
-  constraint steps_when_exhausted_is_valid check (when_exhausted in ('fail', 'skip', 'skip-cascade'))
+  constraint when_unmet_is_valid check (when_unmet in ('fail', 'skip', 'skip-cascade')),
+  constraint when_exhausted_is_valid check (when_exhausted in ('fail', 'skip', 'skip-cascade'))
 );

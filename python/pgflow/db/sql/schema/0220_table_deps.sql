@@ -6,7 +6,7 @@ create table pgflow.deps (
   primary key (flow_slug, dep_slug, step_slug),
   foreign key (flow_slug, dep_slug) references pgflow.steps (flow_slug, step_slug),
   foreign key (flow_slug, step_slug) references pgflow.steps (flow_slug, step_slug),
-  constraint deps_no_self_dependency check (dep_slug <> step_slug)
+  constraint deps_check check (dep_slug <> step_slug)
 );
 -- parents of a step (the primary key serves children of a step)
 create index deps_step_idx on pgflow.deps (flow_slug, step_slug);

@@ -12,12 +12,12 @@ create table pgflow.runs (
   completed_at timestamptz,
   failed_at timestamptz,
   cancelled_at timestamptz,
-  constraint runs_status_is_valid check (status in ('started', 'completed', 'failed', 'cancelled')),
-  constraint runs_remaining_steps_nonnegative check (remaining_steps >= 0),
-  constraint runs_single_terminal_timestamp check (num_nonnulls(completed_at, failed_at, cancelled_at) <= 1),
-  constraint runs_completed_after_start check (completed_at is null or completed_at >= started_at),
-  constraint runs_failed_after_start check (failed_at is null or failed_at >= started_at),
-  constraint runs_cancelled_after_start check (cancelled_at is null or cancelled_at >= started_at)
+  constraint status_is_valid check (status in ('started', 'completed', 'failed', 'cancelled')),
+  constraint runs_remaining_steps_check check (remaining_steps >= 0),
+  constraint completed_at_or_failed_at check (num_nonnulls(completed_at, failed_at, cancelled_at) <= 1),
+  constraint completed_at_is_after_started_at check (completed_at is null or completed_at >= started_at),
+  constraint failed_at_is_after_started_at check (failed_at is null or failed_at >= started_at),
+  constraint cancelled_at_is_after_started_at check (cancelled_at is null or cancelled_at >= started_at)
 );
 create index runs_flow_slug_idx on pgflow.runs (flow_slug, started_at desc);
 create index runs_status_idx on pgflow.runs (status, started_at desc);

@@ -16,29 +16,29 @@ create table pgflow.step_states (
   skipped_at timestamptz,
   primary key (run_id, step_slug),
   foreign key (flow_slug, step_slug) references pgflow.steps (flow_slug, step_slug),
-  constraint step_states_status_is_valid
+  constraint status_is_valid
     check (status in ('created', 'started', 'completed', 'failed', 'skipped')),
-  constraint step_states_remaining_tasks_nonnegative check (remaining_tasks is null or remaining_tasks >= 0),
-  constraint step_states_initial_tasks_nonnegative check (initial_tasks is null or initial_tasks >= 0),
-  constraint step_states_remaining_deps_nonnegative check (remaining_deps >= 0),
-  constraint step_states_remaining_tasks_null_until_started
+  constraint remaining_tasks_is_nonnegative check (remaining_tasks is null or remaining_tasks >= 0),
+  constraint step_states_initial_tasks_check check (initial_tasks is null or initial_tasks >= 0),
+  constraint step_states_remaining_deps_check check (remaining_deps >= 0),
+  constraint remaining_tasks_state_consistency
     check (status not in ('created', 'skipped') or remaining_tasks is null),
-  constraint step_states_initial_tasks_known_when_started
+  constraint initial_tasks_known_when_started
     check (status <> 'started' or initial_tasks is not null),
-  constraint step_states_completed_has_no_remaining_tasks
+  constraint status_and_remaining_tasks_match
     check (status <> 'completed' or remaining_tasks = 0),
-  constraint step_states_output_only_when_completed check (output is null or status = 'completed'),
-  constraint step_states_skip_reason_iff_skipped check ((status = 'skipped') = (skip_reason is not null)),
-  constraint step_states_skip_reason_is_valid
+  constraint output_only_for_completed_or_null check (output is null or status = 'completed'),
+  constraint skip_reason_matches_status check ((status = 'skipped') = (skip_reason is not null)),
+  constraint skip_reason_is_valid
     check (skip_reason is null or skip_reason in ('condition_unmet', 'handler_failed', 'dependency_skipped')),
-  constraint step_states_single_terminal_timestamp
+  constraint completed_at_or_failed_at_or_skipped_at
     check (num_nonnulls(completed_at, failed_at, skipped_at) <= 1),
-  constraint step_states_started_after_created check (started_at is null or started_at >= created_at),
-  constraint step_states_completed_after_start
+  constraint started_at_is_after_created_at check (started_at is null or started_at >= created_at),
+  constraint completed_at_is_after_started_at
     check (completed_at is null or completed_at >= coalesce(started_at, created_at)),
-  constraint step_states_failed_after_start
+  constraint failed_at_is_after_started_at
     check (failed_at is null or failed_at >= coalesce(started_at, created_at)),
-  constraint step_states_skipped_after_created check (skipped_at is null or skipped_at >= created_at)
+  constraint skipped_at_is_after_created_at check (skipped_at is null or skipped_at >= created_at)
 );
 -- ready steps of a run: created, no remaining dependencies
 create index step_states_ready_idx on pgflow.step_states (run_id, remaining_deps) where status = 'created';

@@ -1,3 +1,7 @@
+-- Creates a flow and its queue; an existing flow is returned unchanged. Like pgflow, bad values
+-- are left to the table's constraints (slug_is_valid, opt_*), so callers see the same errors.
+-- Two checks are ours, because a flow slug is also its pgmq queue name: at most 47 characters,
+-- and no flow that differs only by letter case (pgmq lowercases queue names).
 create or replace function pgflow.create_flow(
   flow_slug text,
   max_attempts int default null,
@@ -13,23 +17,17 @@ declare
   v_slug text := create_flow.flow_slug;
   v_flow pgflow.flows;
   v_other text;
-  v_what text := format('flow %L', create_flow.flow_slug);
 begin
-  perform pgflow._check_slug('flow', v_slug);
-  if length(v_slug) > 47 then
-    raise exception 'flow slug % is % characters long; a flow slug is also its pgmq queue name, '
-      'which may have at most 47 characters: choose a shorter slug', quote_literal(v_slug), length(v_slug)
-      using errcode = '22023';
-  end if;
-  perform pgflow._check_option(v_what, 'max_attempts', create_flow.max_attempts, 0);
-  perform pgflow._check_option(v_what, 'base_delay', create_flow.base_delay, 0);
-  perform pgflow._check_option(v_what, 'timeout', create_flow.timeout, 1);
-
   select f.* into v_flow from pgflow.flows f where f.flow_slug = v_slug;
   if found then
     return v_flow;
   end if;
 
+  if pgflow.is_valid_slug(v_slug) and length(v_slug) > 47 then
+    raise exception 'flow slug % is % characters long; a flow slug is also its pgmq queue name, '
+      'which may have at most 47 characters: choose a shorter slug', quote_literal(v_slug), length(v_slug)
+      using errcode = '22023';
+  end if;
   select f.flow_slug into v_other from pgflow.flows f where lower(f.flow_slug) = lower(v_slug);
   if found then
     raise exception 'flow slug % differs only by letter case from existing flow %; pgmq queue '

@@ -1,3 +1,11 @@
+-- Appends a step with the next step_index, and its edges; an existing step is returned
+-- unchanged. Like pgflow, only a map step's dependency count is checked here (first, with
+-- pgflow's message); every other bad value is left to the tables' constraints, so callers see
+-- the same errors: steps_flow_slug_fkey (unknown flow), steps_step_slug_check, steps_step_type_check,
+-- the opt_*, *_input_pattern_is_object and when_*_is_valid checks, deps_check (a step that
+-- depends on itself), deps_flow_slug_dep_slug_fkey (unknown dependency) and
+-- steps_flow_slug_step_index_key. One check is ours: a dependency listed twice would count twice
+-- in deps_count and leave the step waiting forever, so it is refused.
 create or replace function pgflow.add_step(
   flow_slug text,
   step_slug text,
@@ -22,82 +30,35 @@ declare
   v_step_slug text := add_step.step_slug;
   v_deps text[] := coalesce(add_step.deps_slugs, '{}');
   v_step pgflow.steps;
-  v_what text := format('step %L of flow %L', add_step.step_slug, add_step.flow_slug);
-  v_missing text[];
   v_dup text;
-  v_index int;
 begin
-  perform pgflow._check_slug('step', v_step_slug);
-  perform 1 from pgflow.flows f where f.flow_slug = v_flow_slug for update;
-  if not found then
-    raise exception 'flow % does not exist; create it with pgflow.create_flow first',
-      coalesce(quote_literal(v_flow_slug), 'NULL') using errcode = '22023';
-  end if;
-
-  select s.* into v_step from pgflow.steps s
-  where s.flow_slug = v_flow_slug and s.step_slug = v_step_slug;
-  if found then
-    return v_step;
-  end if;
-
-  if add_step.step_type is null or add_step.step_type not in ('single', 'map') then
-    raise exception '%: step_type must be ''single'' or ''map'', got %', v_what,
-      coalesce(quote_literal(add_step.step_type), 'NULL') using errcode = '22023';
-  end if;
-  if add_step.when_unmet is null or add_step.when_unmet not in ('fail', 'skip', 'skip-cascade') then
-    raise exception '%: when_unmet must be ''fail'', ''skip'' or ''skip-cascade'', got %', v_what,
-      coalesce(quote_literal(add_step.when_unmet), 'NULL') using errcode = '22023';
-  end if;
-  if add_step.when_exhausted is null or add_step.when_exhausted not in ('fail', 'skip', 'skip-cascade') then
-    raise exception '%: when_exhausted must be ''fail'', ''skip'' or ''skip-cascade'', got %', v_what,
-      coalesce(quote_literal(add_step.when_exhausted), 'NULL') using errcode = '22023';
-  end if;
-  if add_step.required_input_pattern is not null
-     and jsonb_typeof(add_step.required_input_pattern) <> 'object' then
-    raise exception '%: required_input_pattern must be a JSON object, got %', v_what,
-      jsonb_typeof(add_step.required_input_pattern) using errcode = '22023';
-  end if;
-  if add_step.forbidden_input_pattern is not null
-     and jsonb_typeof(add_step.forbidden_input_pattern) <> 'object' then
-    raise exception '%: forbidden_input_pattern must be a JSON object, got %', v_what,
-      jsonb_typeof(add_step.forbidden_input_pattern) using errcode = '22023';
-  end if;
-  perform pgflow._check_option(v_what, 'max_attempts', add_step.max_attempts, 0);
-  perform pgflow._check_option(v_what, 'base_delay', add_step.base_delay, 0);
-  perform pgflow._check_option(v_what, 'timeout', add_step.timeout, 1);
-  perform pgflow._check_option(v_what, 'start_delay', add_step.start_delay, 0);
-
-  if v_step_slug = any (v_deps) then
-    raise exception '%: a step cannot depend on itself', v_what using errcode = '22023';
+  if coalesce(add_step.step_type, 'single') = 'map' and cardinality(v_deps) > 1 then
+    raise exception 'Map step "%" can have at most one dependency, but % were provided: %',
+      v_step_slug, cardinality(v_deps), array_to_string(v_deps, ', ');
   end if;
   select d into v_dup from unnest(v_deps) d group by d having count(*) > 1 limit 1;
   if found then
-    raise exception '%: dependency % is listed more than once', v_what, quote_literal(v_dup)
+    raise exception 'step % of flow % lists dependency % more than once; list each dependency once',
+      quote_literal(v_step_slug), quote_literal(v_flow_slug), quote_literal(v_dup)
       using errcode = '22023';
   end if;
-  select array_agg(d order by d) into v_missing
-  from unnest(v_deps) d
-  where not exists (
-    select 1 from pgflow.steps s where s.flow_slug = v_flow_slug and s.step_slug = d
-  );
-  if v_missing is not null then
-    raise exception '%: unknown dependencies %; add the steps it depends on first',
-      v_what, array_to_string(v_missing, ', ') using errcode = '22023';
-  end if;
-  if add_step.step_type = 'map' and cardinality(v_deps) > 1 then
-    raise exception '%: a map step maps over one array, so it takes at most one dependency, got %',
-      v_what, cardinality(v_deps) using errcode = '22023';
-  end if;
 
-  select coalesce(max(s.step_index) + 1, 0) into v_index
-  from pgflow.steps s where s.flow_slug = v_flow_slug;
+  -- steps of one flow are appended one at a time (step_index is the count so far)
+  perform 1 from pgflow.flows f where f.flow_slug = v_flow_slug for update;
+
+  select s.* into v_step from pgflow.steps s
+   where s.flow_slug = v_flow_slug and s.step_slug = v_step_slug;
+  if found then
+    return v_step;
+  end if;
 
   insert into pgflow.steps (
     flow_slug, step_slug, step_type, step_index, deps_count,
     opt_max_attempts, opt_base_delay, opt_timeout, opt_start_delay,
     required_input_pattern, forbidden_input_pattern, when_unmet, when_exhausted
   ) values (
-    v_flow_slug, v_step_slug, add_step.step_type, v_index, cardinality(v_deps),
+    v_flow_slug, v_step_slug, coalesce(add_step.step_type, 'single'),
+    (select count(*) from pgflow.steps s where s.flow_slug = v_flow_slug), cardinality(v_deps),
     add_step.max_attempts, add_step.base_delay, add_step.timeout, add_step.start_delay,
     add_step.required_input_pattern, add_step.forbidden_input_pattern,
     add_step.when_unmet, add_step.when_exhausted

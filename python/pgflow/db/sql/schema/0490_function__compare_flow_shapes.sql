@@ -1,3 +1,8 @@
+-- The differences between two shapes ("first" is p_local, "second" p_db), in pgflow's words, so
+-- that tools matching them keep working: the step count, then per index a missing step, or the
+-- slug, type, dependencies (sorted and joined), whenUnmet, whenExhausted and the two patterns
+-- that differ. A text field absent on either side is not reported (as in pgflow); an absent
+-- pattern prints as ''. Runtime options are not part of a shape's identity.
 create or replace function pgflow._compare_flow_shapes(p_local jsonb, p_db jsonb)
 returns text[]
 language plpgsql
@@ -6,44 +11,62 @@ set search_path = pg_catalog, pg_temp
 as $$
 declare
   v_diffs text[] := '{}';
-  v_local jsonb[];
-  v_db jsonb[];
+  v_local jsonb := coalesce(p_local -> 'steps', '[]'::jsonb);
+  v_db jsonb := coalesce(p_db -> 'steps', '[]'::jsonb);
+  v_n_local int := jsonb_array_length(v_local);
+  v_n_db int := jsonb_array_length(v_db);
   v_l jsonb;
   v_d jsonb;
-  v_n int;
   v_field text;
-  i int;
+  v_label text;
+  v_l_deps text;
+  v_d_deps text;
 begin
-  perform pgflow._check_shape(p_local);
-  perform pgflow._check_shape(p_db);
-  select coalesce(array_agg(pgflow._normalize_step_shape(s) order by o), '{}')
-    into v_local from jsonb_array_elements(p_local -> 'steps') with ordinality t(s, o);
-  select coalesce(array_agg(pgflow._normalize_step_shape(s) order by o), '{}')
-    into v_db from jsonb_array_elements(p_db -> 'steps') with ordinality t(s, o);
-
-  if cardinality(v_local) <> cardinality(v_db) then
-    v_diffs := v_diffs || format('Step count differs: local %s, database %s',
-      cardinality(v_local), cardinality(v_db));
+  if v_n_local <> v_n_db then
+    v_diffs := v_diffs || format('Step count differs: %s vs %s', v_n_local, v_n_db);
   end if;
 
-  v_n := greatest(cardinality(v_local), cardinality(v_db));
-  for i in 1 .. v_n loop
-    v_l := v_local[i];
-    v_d := v_db[i];
-    if v_d is null then
-      v_diffs := v_diffs || format('Step %s (%s): present locally, missing in database',
-        i - 1, v_l ->> 'slug');
+  for i in 0 .. greatest(v_n_local, v_n_db) - 1 loop
+    v_l := v_local -> i;
+    v_d := v_db -> i;
+    if v_l is null then
+      v_diffs := v_diffs || format('Step at index %s: missing in first shape (second has ''%s'')',
+        i, v_d ->> 'slug');
       continue;
-    elsif v_l is null then
-      v_diffs := v_diffs || format('Step %s (%s): present in database, missing locally',
-        i - 1, v_d ->> 'slug');
+    elsif v_d is null then
+      v_diffs := v_diffs || format('Step at index %s: missing in second shape (first has ''%s'')',
+        i, v_l ->> 'slug');
       continue;
     end if;
-    foreach v_field in array array['slug', 'stepType', 'dependencies', 'whenUnmet',
-                                   'whenExhausted', 'requiredInputPattern', 'forbiddenInputPattern'] loop
+
+    if v_l ->> 'slug' <> v_d ->> 'slug' then
+      v_diffs := v_diffs || format('Step at index %s: slug differs ''%s'' vs ''%s''',
+        i, v_l ->> 'slug', v_d ->> 'slug');
+    end if;
+    if v_l ->> 'stepType' <> v_d ->> 'stepType' then
+      v_diffs := v_diffs || format('Step at index %s: type differs ''%s'' vs ''%s''',
+        i, v_l ->> 'stepType', v_d ->> 'stepType');
+    end if;
+
+    select coalesce(string_agg(d, ', ' order by d), '') into v_l_deps
+      from jsonb_array_elements_text(coalesce(v_l -> 'dependencies', '[]'::jsonb)) d;
+    select coalesce(string_agg(d, ', ' order by d), '') into v_d_deps
+      from jsonb_array_elements_text(coalesce(v_d -> 'dependencies', '[]'::jsonb)) d;
+    if v_l_deps <> v_d_deps then
+      v_diffs := v_diffs || format('Step at index %s: dependencies differ [%s] vs [%s]',
+        i, v_l_deps, v_d_deps);
+    end if;
+
+    foreach v_field in array array['whenUnmet', 'whenExhausted'] loop
+      if v_l ->> v_field <> v_d ->> v_field then
+        v_diffs := v_diffs || format('Step at index %s: %s differs ''%s'' vs ''%s''',
+          i, v_field, v_l ->> v_field, v_d ->> v_field);
+      end if;
+    end loop;
+    foreach v_field in array array['requiredInputPattern', 'forbiddenInputPattern'] loop
       if v_l -> v_field is distinct from v_d -> v_field then
-        v_diffs := v_diffs || format('Step %s (%s): %s differs: local %s, database %s',
-          i - 1, v_l ->> 'slug', v_field, v_l -> v_field, v_d -> v_field);
+        v_diffs := v_diffs || format('Step at index %s: %s differs ''%s'' vs ''%s''',
+          i, v_field, coalesce((v_l -> v_field)::text, ''), coalesce((v_d -> v_field)::text, ''));
       end if;
     end loop;
   end loop;

@@ -1,5 +1,6 @@
 -- Runtime options are not part of a shape's identity; when a verified shape carries them, they
--- are applied, so a worker deploy can change retries and timeouts without data loss.
+-- are applied, so a worker deploy can change retries and timeouts without data loss. Bad values
+-- are left to the tables' constraints, as in create_flow and add_step.
 create or replace function pgflow._apply_shape_options(p_flow_slug text, p_shape jsonb)
 returns void
 language plpgsql
@@ -12,9 +13,6 @@ declare
   v_step_opts jsonb;
 begin
   if v_opts is not null and jsonb_typeof(v_opts) = 'object' then
-    perform pgflow._check_option(format('flow %L', p_flow_slug), 'max_attempts', pgflow._shape_int(v_opts, 'maxAttempts'), 0);
-    perform pgflow._check_option(format('flow %L', p_flow_slug), 'base_delay', pgflow._shape_int(v_opts, 'baseDelay'), 0);
-    perform pgflow._check_option(format('flow %L', p_flow_slug), 'timeout', pgflow._shape_int(v_opts, 'timeout'), 1);
     update pgflow.flows f set
       opt_max_attempts = coalesce(pgflow._shape_int(v_opts, 'maxAttempts'), 3),
       opt_base_delay = coalesce(pgflow._shape_int(v_opts, 'baseDelay'), 5),

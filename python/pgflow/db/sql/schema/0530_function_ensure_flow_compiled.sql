@@ -13,7 +13,7 @@ declare
   v_slug text := ensure_flow_compiled.flow_slug;
   v_diffs text[];
 begin
-  perform pgflow._check_slug('flow', v_slug);
+  -- ours: a malformed shape gets a message that says what a shape is
   perform pgflow._check_shape(ensure_flow_compiled.shape);
   -- one compiler per flow at a time; the lock ends with the transaction
   perform pg_advisory_xact_lock(1885434471, hashtext(v_slug));

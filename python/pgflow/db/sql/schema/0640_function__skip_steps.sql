@@ -1,7 +1,11 @@
 -- Marks the given steps skipped (reason per step), skips their open tasks, and takes them off
 -- the run's remaining steps. Children outside the set lose one remaining dependency each; a
--- dependent map whose task count is still unknown learns that it has none.
-create or replace function pgflow._skip_steps(p_run_id uuid, p_steps text[], p_reasons text[])
+-- dependent map whose task count is still unknown learns that it has none. A step skipped
+-- because its handler failed keeps p_error_message (the task's error), as in pgflow, and its
+-- step:skipped event carries it.
+create or replace function pgflow._skip_steps(
+  p_run_id uuid, p_steps text[], p_reasons text[], p_error_message text default null
+)
 returns int
 language plpgsql
 volatile
@@ -17,7 +21,8 @@ begin
 
   with skipped as (
     update pgflow.step_states ss
-       set status = 'skipped', skip_reason = x.reason, skipped_at = now(), remaining_tasks = null
+       set status = 'skipped', skip_reason = x.reason, skipped_at = now(), remaining_tasks = null,
+           error_message = case when x.reason = 'handler_failed' then p_error_message end
       from unnest(p_steps, p_reasons) as x(slug, reason)
      where ss.run_id = p_run_id and ss.step_slug = x.slug and ss.status in ('created', 'started')
     returning ss.step_slug
@@ -51,7 +56,7 @@ begin
   update pgflow.runs r set remaining_steps = r.remaining_steps - v_count where r.run_id = p_run_id;
 
   for v_state in
-    select ss.step_slug, ss.skip_reason, ss.skipped_at
+    select ss.step_slug, ss.skip_reason, ss.skipped_at, ss.error_message
       from pgflow.step_states ss join pgflow.steps s on s.flow_slug = ss.flow_slug and s.step_slug = ss.step_slug
      where ss.run_id = p_run_id and ss.step_slug = any (p_steps) and ss.status = 'skipped'
      order by s.step_index
@@ -63,7 +68,9 @@ begin
       'step_slug', v_state.step_slug,
       'status', 'skipped',
       'skip_reason', v_state.skip_reason,
-      'skipped_at', v_state.skipped_at));
+      'skipped_at', v_state.skipped_at)
+      || case when v_state.error_message is not null
+              then jsonb_build_object('error_message', v_state.error_message) else '{}'::jsonb end);
   end loop;
   return v_count;
 end;

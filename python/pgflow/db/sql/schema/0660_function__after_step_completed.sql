@@ -36,6 +36,11 @@ begin
     'step_slug', p_step_slug,
     'status', 'completed',
     'output', v_state.output,
-    'completed_at', v_state.completed_at));
+    'completed_at', v_state.completed_at)
+    -- a taskless step (completed by the cascade) says more, as in pgflow
+    || case when v_state.initial_tasks = 0 then jsonb_build_object(
+         'started_at', v_state.started_at,
+         'remaining_tasks', 0,
+         'remaining_deps', 0) else '{}'::jsonb end);
 end;
 $$;

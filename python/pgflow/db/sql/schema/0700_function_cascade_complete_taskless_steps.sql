@@ -1,5 +1,6 @@
 -- Completes, wave after wave, every ready step that has no tasks: a map over an empty array
--- outputs [], a single step NULL. Conditions of newly ready steps are resolved between waves,
+-- outputs [], a single step NULL; it is started and completed at once (started_at and
+-- completed_at both set, as in pgflow). Conditions of newly ready steps are resolved between waves,
 -- so a step whose condition fails is skipped rather than completed. The number of waves is
 -- bounded by the number of steps in the run.
 create or replace function pgflow.cascade_complete_taskless_steps(run_id uuid)
@@ -21,7 +22,7 @@ begin
 
     with done as (
       update pgflow.step_states ss
-         set status = 'completed', completed_at = now(), remaining_tasks = 0,
+         set status = 'completed', started_at = now(), completed_at = now(), remaining_tasks = 0,
              output = case when s.step_type = 'map' then '[]'::jsonb else null end
         from pgflow.steps s
        where ss.run_id = v_run_id and ss.status = 'created' and ss.remaining_deps = 0

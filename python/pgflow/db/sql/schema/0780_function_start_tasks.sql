@@ -1,3 +1,6 @@
+-- Starts the queued tasks behind the given messages (of runs and steps still started) for a
+-- worker, hides their messages for the step's timeout + 2 s, and returns each task's input. An
+-- unknown worker violates step_tasks_last_worker_id_fkey, as in pgflow.
 create or replace function pgflow.start_tasks(flow_slug text, msg_ids bigint[], worker_id uuid)
 returns setof pgflow.step_task_record
 language plpgsql
@@ -13,25 +16,27 @@ declare
   v_ids bigint[];
   v_offsets int[];
 begin
-  if start_tasks.worker_id is null
-     or not exists (select 1 from pgflow.workers w where w.worker_id = start_tasks.worker_id) then
-    raise exception 'worker % is not registered; insert its pgflow.workers row before claiming tasks',
-      coalesce(start_tasks.worker_id::text, 'NULL') using errcode = '22023';
-  end if;
-
   with claimable as (
-    -- driven by the message ids, so that each task is one index lookup whatever the
-    -- statistics say about the size of its run
+    -- one index lookup per message whatever the statistics say (offset 0 keeps the planner
+    -- from reading every task of a large step and filtering on the message ids)
     select t.run_id, t.step_slug, t.task_index
       from unnest(start_tasks.msg_ids) as m(id)
-      join pgflow.step_tasks t on t.flow_slug = v_slug and t.message_id = m.id
+      cross join lateral (
+        select t.* from pgflow.step_tasks t
+         where t.flow_slug = v_slug and t.message_id = m.id and t.status = 'queued' offset 0
+      ) x
+      join pgflow.step_tasks t
+        on t.run_id = x.run_id and t.step_slug = x.step_slug and t.task_index = x.task_index
       join pgflow.runs r on r.run_id = t.run_id
       join pgflow.step_states ss on ss.run_id = t.run_id and ss.step_slug = t.step_slug
-     where t.status = 'queued' and r.status = 'started' and ss.status = 'started'
+     where r.status = 'started' and ss.status = 'started'
      for update of t
   ), claimed as (
     update pgflow.step_tasks t
-       set status = 'started', attempts_count = t.attempts_count + 1, started_at = now(),
+       -- never before the task was queued: a claim whose transaction began before the retry
+       -- that queued the task committed would otherwise date the start earlier
+       set status = 'started', attempts_count = t.attempts_count + 1,
+           started_at = greatest(now(), t.queued_at),
            last_worker_id = start_tasks.worker_id
       from claimable c
      where t.run_id = c.run_id and t.step_slug = c.step_slug and t.task_index = c.task_index

@@ -55,11 +55,6 @@ begin
   if v_flow.flow_slug is null then
     raise exception 'flow % does not exist', coalesce(quote_literal(v_slug), 'NULL') using errcode = '22023';
   end if;
-  if claim_tasks.worker_id is null
-     or not exists (select 1 from pgflow.workers w where w.worker_id = claim_tasks.worker_id) then
-    raise exception 'worker % is not registered; insert its pgflow.workers row before claiming tasks',
-      coalesce(claim_tasks.worker_id::text, 'NULL') using errcode = '22023';
-  end if;
 
   execute format(
     'with picked as (
@@ -72,8 +67,7 @@ begin
      ), hidden as (
        update pgmq.%1$I q
           set vt = clock_timestamp() + make_interval(secs => coalesce(s.opt_timeout, $2) + 2),
-              read_ct = q.read_ct + 1,
-              last_read_at = clock_timestamp()
+              read_ct = q.read_ct + 1
          from picked p
          left join pgflow.steps s on s.flow_slug = $3 and s.step_slug = p.step_slug
         where q.msg_id = p.msg_id
@@ -108,7 +102,10 @@ begin
      for update of t
   ), claimed as (
     update pgflow.step_tasks t
-       set status = 'started', attempts_count = t.attempts_count + 1, started_at = now(),
+       -- never before the task was queued: a claim whose transaction began before the retry
+       -- that queued the task committed would otherwise date the start earlier
+       set status = 'started', attempts_count = t.attempts_count + 1,
+           started_at = greatest(now(), t.queued_at),
            last_worker_id = claim_tasks.worker_id
       from claimable c
      where t.run_id = c.run_id and t.step_slug = c.step_slug and t.task_index = c.task_index

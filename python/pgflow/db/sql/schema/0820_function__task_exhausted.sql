@@ -21,10 +21,10 @@ begin
   select s.when_exhausted into v_mode from pgflow.steps s
    where s.flow_slug = v_flow and s.step_slug = p_step_slug;
   if v_mode = 'skip' then
-    perform pgflow._skip_steps(p_run_id, array[p_step_slug], array['handler_failed']);
+    perform pgflow._skip_steps(p_run_id, array[p_step_slug], array['handler_failed'], p_error_message);
     perform pgflow._advance_run(p_run_id);
   elsif v_mode = 'skip-cascade' then
-    perform pgflow._cascade_force_skip_steps(p_run_id, p_step_slug, 'handler_failed');
+    perform pgflow._skip_with_dependents(p_run_id, p_step_slug, 'handler_failed', p_error_message);
     perform pgflow._advance_run(p_run_id);
   else
     perform pgflow._fail_step(p_run_id, p_step_slug, p_error_message);

@@ -30,7 +30,8 @@ begin
 
   if v_task.attempts_count < v_max_attempts then
     update pgflow.step_tasks t
-       set status = 'queued', error_message = fail_task.error_message, queued_at = now()
+       set status = 'queued', error_message = fail_task.error_message, queued_at = now(),
+           started_at = null
      where t.run_id = fail_task.run_id and t.step_slug = fail_task.step_slug
        and t.task_index = fail_task.task_index;
     perform pgflow.set_vt_batch(

@@ -1,5 +1,6 @@
 -- Records a heartbeat; returns true when an operator has deprecated the worker (it should then
--- finish its in-flight tasks and exit).
+-- finish its in-flight tasks and exit), and NULL when the worker has no row (pruned while it
+-- was alive: it registers again).
 create or replace function pgflow.send_heartbeat(worker_id uuid)
 returns boolean
 language sql

@@ -1,7 +1,9 @@
 -- A task still started longer than its step's timeout + 30 s is taken to belong to a dead
 -- worker: it goes back to the queue with its message visible at once. A task that has already
 -- been requeued 3 times is marked permanently stalled and fails like a task whose attempts are
--- used up, so its run cannot hang forever. Returns the number of tasks requeued or terminalized.
+-- used up, so its run cannot hang forever (its permanently_stalled_at tells it apart). As in
+-- pgflow, a requeued task forgets its start and worker, and the result counts only the tasks
+-- requeued; the worker that runs the sweep finds the terminalized ones by permanently_stalled_at.
 create or replace function pgflow.requeue_stalled_tasks()
 returns int
 language plpgsql
@@ -38,10 +40,11 @@ begin
       perform pgflow._task_exhausted(v_task.run_id, v_task.step_slug, v_task.task_index,
         format('Task stalled: it was started %s times and no worker finished it within its timeout of %s s',
                v_current.requeued_count + 1, v_task.timeout));
+      continue;
     else
       update pgflow.step_tasks t
          set status = 'queued', requeued_count = t.requeued_count + 1, last_requeued_at = now(),
-             queued_at = now()
+             queued_at = now(), started_at = null, last_worker_id = null
        where t.run_id = v_task.run_id and t.step_slug = v_task.step_slug and t.task_index = v_task.task_index;
       perform pgflow.set_vt_batch(v_task.flow_slug, array[v_task.message_id], array[0]);
       perform pgflow._notify_tasks(v_task.flow_slug);
