@@ -119,7 +119,11 @@ class AsyncioExecutor(InFlightExecutor):
             else:
                 copied = contextvars.copy_context()
                 running = loop.run_in_executor(
-                    self._sync_threads, copied.run, step.invoke, job.input, ctx
+                    self._sync_threads,
+                    copied.run,
+                    step.invoke,
+                    job.input,
+                    ctx,
                 )
         except Exception as exc:
             return JobResult.from_exception(job.key, exc)

@@ -122,16 +122,18 @@ class JobResult:
 class RunnableStep(Protocol):
     """What an executor needs from a step (`pgflow.flow.Step` provides it).
 
-    `invoke` converts the input to the handler's declared type (raising `InputValidationError`)
-    and calls the handler with or without the context, as its signature asks.
+    `invoke` calls the handler with or without the context, as its signature asks, after
+    converting the input to the handler's declared type (raising `InputValidationError`). A
+    worker's jobs carry inputs already decoded into that type from raw JSON, which the
+    conversion hands back as they are (msgspec returns an instance of the type unchanged).
     """
 
     @property
     def is_async(self) -> bool: ...
 
-    def invoke(self, value: Any, ctx: Context) -> Any: ...
+    def invoke(self, value: Any, ctx: Context, *, convert: bool = True) -> Any: ...
 
-    def invoke_async(self, value: Any, ctx: Context) -> Awaitable[Any]: ...
+    def invoke_async(self, value: Any, ctx: Context, *, convert: bool = True) -> Awaitable[Any]: ...
 
 
 StepResolver = Callable[[str, str], RunnableStep]

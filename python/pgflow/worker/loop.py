@@ -404,7 +404,7 @@ class Worker:
                 break
             try:
                 tasks, run_inputs = self.source.claim(
-                    self._conn, slug, self.worker_ids[slug], qty - total
+                    self._conn, self.flows[slug], self.worker_ids[slug], qty - total
                 )
             except psycopg.Error as exc:
                 if not session.is_unregistered_worker(exc):
@@ -412,7 +412,7 @@ class Worker:
                 logger.warning("this worker's row was gone (pruned?); registering again")
                 self._register()
                 tasks, run_inputs = self.source.claim(
-                    self._conn, slug, self.worker_ids[slug], qty - total
+                    self._conn, self.flows[slug], self.worker_ids[slug], qty - total
                 )
             self.stats.claims += 1
             if run_inputs:
@@ -472,17 +472,11 @@ class Worker:
             key = result.key
             assert isinstance(key, tuple)
             run_id, step_slug, task_index = key
-            flow_slug, task = self._in_flight.pop(key, (None, None))
+            _, task = self._in_flight.pop(key, (None, None))
             outcome = Outcome(run_id, step_slug, task_index, task.attempt if task else None)
             if result.ok:
+                # encoded as it is (Structs, dataclasses...) by the reporter, once
                 outcome.output = result.output
-                if flow_slug is not None:
-                    try:
-                        step = self.flows[flow_slug].get_step(step_slug)
-                        outcome.output = step.to_builtins(result.output)
-                    except PgflowError as exc:
-                        outcome.output = None
-                        outcome.error = error_text(type(exc).__name__, str(exc))
             else:
                 if result.traceback:
                     logger.warning(

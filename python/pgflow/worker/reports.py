@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.abc import Buffer
+from psycopg.adapt import Dumper
 
 from pgflow import codec
-from pgflow.errors import CoreError
+from pgflow.errors import UnencodableValue
 
 logger = logging.getLogger("pgflow.worker")
 
@@ -46,26 +47,39 @@ def error_text(error_type: str | None, message: str | None) -> str:
     return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 3] + "..."
 
 
-def encode_outputs(outcomes: Sequence[Outcome]) -> str:
-    """One JSON array with each outcome's output (null for failures). Outcomes whose output
-    cannot be encoded are turned into failures in place."""
-    values = [o.output if o.ok else None for o in outcomes]
+class RawJson(bytes):
+    """JSON text already encoded, sent as it is (psycopg would otherwise encode it again)."""
+
+
+class _RawJsonDumper(Dumper):
+    oid = psycopg.adapters.types["jsonb"].oid
+
+    def dump(self, obj: Any) -> Buffer:
+        return bytes(obj)
+
+
+psycopg.adapters.register_dumper(RawJson, _RawJsonDumper)
+
+
+def encode_outputs(outcomes: Sequence[Outcome]) -> RawJson:
+    """One JSON array with each outcome's output (null for failures), encoded once. Outcomes
+    whose output cannot be encoded are turned into failures in place."""
     try:
-        return codec.encode_outputs(values)
-    except CoreError:
+        return RawJson(codec.encode_outputs([o.output if o.ok else None for o in outcomes]))
+    except UnencodableValue:
         pass
     for outcome in outcomes:
         if not outcome.ok:
             continue
         try:
             codec.encode_value(outcome.output)
-        except CoreError as exc:
+        except UnencodableValue as exc:
             outcome.error = error_text(
                 "OutputNotJSON",
                 f"the output of step {outcome.step_slug!r} cannot be stored as JSON: {exc}",
             )
             outcome.output = None
-    return codec.encode_outputs([o.output if o.ok else None for o in outcomes])
+    return RawJson(codec.encode_outputs([o.output if o.ok else None for o in outcomes]))
 
 
 class ResultSink(Protocol):
@@ -107,14 +121,16 @@ class PerTaskSink:
             if o.ok:
                 conn.execute(
                     "select 1 from pgflow.complete_task(%s, %s, %s, %s, %s::int)",
-                    (o.run_id, o.step_slug, o.task_index, Jsonb(o.output, dumps=_dumps), o.attempt),
+                    (
+                        o.run_id,
+                        o.step_slug,
+                        o.task_index,
+                        RawJson(codec.encode_value(o.output)),
+                        o.attempt,
+                    ),
                 )
             else:
                 conn.execute(
                     "select 1 from pgflow.fail_task(%s, %s, %s, %s, %s::int)",
                     (o.run_id, o.step_slug, o.task_index, o.error, o.attempt),
                 )
-
-
-def _dumps(value: Any) -> str:
-    return codec.encode_value(value)

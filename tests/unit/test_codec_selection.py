@@ -1,41 +1,35 @@
-"""Selection between the Rust core and its twin, and the stub matching the built module."""
+"""Selection between the Rust core and its msgspec fallback, and the stub of the built module."""
 
 from __future__ import annotations
 
 import ast
 import importlib
 import inspect
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import pgflow
-from pgflow import codec
-from pgflow import errors as core_errors
-from pgflow.codec import twin
+from pgflow import codec, errors
+from pgflow.codec import fallback
 
 _core = pytest.importorskip("pgflow._core")
 
-FUNCTIONS = [
-    "assemble_and_decode",
-    "assemble_inputs",
-    "decode_many",
-    "encode_outputs",
-    "encode_value",
-]
+FUNCTIONS = ["assemble_and_decode", "assemble_inputs", "decode_many"]
 CONSTANTS = ["MAX_DEPTH", "MODE_DEPS", "MODE_FLOW_INPUT", "MODE_MAP"]
 
 
 @pytest.fixture
-def reload_fastpath(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+def reload_codec(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     yield monkeypatch
     monkeypatch.undo()
     importlib.reload(codec)
 
 
-def test_rust_is_used_when_built(reload_fastpath: pytest.MonkeyPatch) -> None:
-    reload_fastpath.delenv("PGFLOW_NO_RUST", raising=False)
+def test_rust_is_used_when_built(reload_codec: pytest.MonkeyPatch) -> None:
+    reload_codec.delenv("PGFLOW_NO_RUST", raising=False)
     module = importlib.reload(codec)
     assert module.RUST_AVAILABLE
     assert module.use_rust()
@@ -44,19 +38,19 @@ def test_rust_is_used_when_built(reload_fastpath: pytest.MonkeyPatch) -> None:
         assert getattr(module, name) is getattr(_core, name)
 
 
-def test_env_forces_the_twin(reload_fastpath: pytest.MonkeyPatch) -> None:
-    reload_fastpath.setenv("PGFLOW_NO_RUST", "1")
+def test_env_forces_the_fallback(reload_codec: pytest.MonkeyPatch) -> None:
+    reload_codec.setenv("PGFLOW_NO_RUST", "1")
     module = importlib.reload(codec)
     assert module.RUST_AVAILABLE
     assert not module.use_rust()
-    assert module.IMPLEMENTATION == "python"
+    assert module.IMPLEMENTATION == "msgspec"
     for name in FUNCTIONS:
-        assert getattr(module, name) is getattr(twin, name)
+        assert getattr(module, name) is getattr(fallback, name)
 
 
 def test_constants_agree() -> None:
     for name in CONSTANTS:
-        assert getattr(_core, name) == getattr(twin, name) == getattr(codec, name)
+        assert getattr(_core, name) == getattr(fallback, name) == getattr(codec, name)
     assert (_core.MODE_FLOW_INPUT, _core.MODE_DEPS, _core.MODE_MAP) == (0, 1, 2)
 
 
@@ -78,25 +72,22 @@ def test_stub_matches_the_built_module() -> None:
     assert set(FUNCTIONS) | set(CONSTANTS) | {"__version__"} == public
 
 
-def test_twin_has_the_same_signatures() -> None:
+def test_fallback_has_the_same_signatures() -> None:
     for name in FUNCTIONS:
         rust_params = list(inspect.signature(getattr(_core, name)).parameters)
-        twin_params = list(inspect.signature(getattr(twin, name)).parameters)
-        assert rust_params == twin_params, name
+        fallback_params = list(inspect.signature(getattr(fallback, name)).parameters)
+        assert rust_params == fallback_params, name
 
 
 def test_rust_raises_the_shared_classes() -> None:
-    with pytest.raises(core_errors.InvalidJson) as info:
+    with pytest.raises(errors.InvalidJson) as info:
         _core.decode_many(["{"])
-    assert type(info.value) is core_errors.InvalidJson
-    with pytest.raises(core_errors.UnencodableValue) as encode_info:
-        _core.encode_value(object())
-    assert type(encode_info.value) is core_errors.UnencodableValue
+    assert type(info.value) is errors.InvalidJson
+    assert isinstance(info.value, errors.PgflowError) and isinstance(info.value, ValueError)
+    assert info.value.position == 0
 
 
 def test_errors_survive_pickling() -> None:
-    import pickle
-
-    error = core_errors.UnencodableValue("boom", path="$.a", type_name="set", position=3)
+    error = errors.UnencodableValue("boom", path="$.a", type_name="set", position=3)
     copy = pickle.loads(pickle.dumps(error))
     assert (str(copy), copy.path, copy.type_name, copy.position) == ("boom", "$.a", "set", 3)
