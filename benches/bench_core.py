@@ -1,20 +1,23 @@
-"""Micro benchmarks: the Rust core `pgflow._core` against its pure-Python twin `pgflow.codec`.
+"""Micro benchmarks of the hot path's JSON: the Rust core `pgflow._core` (with msgspec decoding)
+against its
+Python fallback, and the obvious implementations on msgspec, orjson and the standard library's
+json, on batches shaped like what a worker claims:
 
-Batches of 1,000 tasks, shaped like what a worker claims:
+- map:     1,000 map tasks over one 10,000-element parent array (every 10th element);
+- deps:    1,000 tasks (one per run), each with 3 dependencies of about 1 KB of output;
+- flow:    1,000 root tasks (one per run) reading a ~0.5 KB run input;
+- payload: 1,000 map elements cut out by the SQL, decoded one by one (`decode_many`);
+- typed:   the deps batch for a handler typed with msgspec Structs: raw JSON decoded straight
+           into the type (what ships) against decoding to Python values and converting after;
+- encode:  1,000 typical handler results into one completion payload.
 
-- map:  1,000 map tasks over one 10,000-element parent array (every 10th element);
-- deps: 1,000 tasks (one per run), each with 3 dependencies of about 1 KB of output;
-- flow: 1,000 root tasks (one per run) reading a ~0.5 KB run input;
-- encode: 1,000 typical handler results into one completion payload.
-
-Run with pytest-benchmark (build the extension in release mode first:
-``maturin develop --release`` in the venv)::
+Every implementation builds the same inputs (checked). Run with pytest-benchmark, on the build
+that ships (a release build: ``pip install .`` or ``maturin develop --release``)::
 
     python -m pytest benches/bench_core.py --benchmark-only
 
-The speed-up table (twin time / Rust time, medians) is printed at the end. The project goal:
-``assemble_and_decode`` at least 3x the twin's ``assemble_inputs`` + ``decode_many``.
-``python benches/bench_core.py`` prints the same table without pytest.
+The table of medians is printed at the end; ``python benches/bench_core.py`` prints it without
+pytest.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ import random
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any
 
+import msgspec
+import orjson
 import pytest
 
-from pgflow.codec import MODE_DEPS, MODE_FLOW_INPUT, MODE_MAP
-from pgflow.codec import twin as codec
+from pgflow import codec
+from pgflow.codec import MODE_DEPS, MODE_FLOW_INPUT, MODE_MAP, fallback
 
 try:
     from pgflow import _core
@@ -140,47 +144,134 @@ def outputs() -> list[Any]:
 BATCHES: dict[str, Callable[[], Batch]] = {"map": map_batch, "deps": deps_batch, "flow": flow_batch}
 
 
-def twin_assemble_then_decode(tasks: list[Any], blobs: dict[str, str]) -> list[Any]:
-    return codec.decode_many(codec.assemble_inputs(tasks, blobs))
+def plain_assemble(loads: Callable[[str], Any]) -> Callable[[list[Any], dict[str, str]], list[Any]]:
+    """The obvious implementation on a JSON library: decode what each task needs, each map
+    parent once per batch (its elements then decoded again per task, for fresh objects)."""
+
+    def assemble(tasks: list[Any], blobs: dict[str, str]) -> list[Any]:
+        parents: dict[str, list[Any]] = {}
+        out: list[Any] = []
+        for mode, run, deps, index in tasks:
+            if mode == MODE_FLOW_INPUT:
+                out.append(loads(blobs[f"{run}:"]))
+            elif mode == MODE_DEPS:
+                out.append({d: loads(blobs[f"{run}:{d}"]) for d in deps if f"{run}:{d}" in blobs})
+            else:
+                key = f"{run}:{deps[0] if deps else ''}"
+                if key not in parents:
+                    parents[key] = loads(blobs[key])
+                out.append(parents[key][index])
+        return out
+
+    return assemble
 
 
-def rust_assemble_then_decode(tasks: list[Any], blobs: dict[str, str]) -> list[Any]:
-    return _core.decode_many(_core.assemble_inputs(tasks, blobs))
+class Line(msgspec.Struct):
+    sku: str
+    qty: int
+    price: float
+    note: str
 
 
-# (label, rust callable, twin callable) per comparison; each takes the batch.
-def comparisons(shape: str) -> list[tuple[str, Callable[[Batch], Any], Callable[[Batch], Any]]]:
-    return [
-        (
-            "assemble_and_decode vs twin assemble+decode (goal >= 3x)",
-            lambda b: _core.assemble_and_decode(*b),
-            lambda b: twin_assemble_then_decode(*b),
-        ),
-        (
-            "assemble_and_decode vs twin assemble_and_decode",
-            lambda b: _core.assemble_and_decode(*b),
-            lambda b: codec.assemble_and_decode(*b),
-        ),
-        (
-            "assemble_inputs",
-            lambda b: _core.assemble_inputs(*b),
-            lambda b: codec.assemble_inputs(*b),
-        ),
+class Output(msgspec.Struct):
+    ok: bool
+    count: int
+    rows: list[Line]
+    fetched_at: str
+
+
+class DepsInput(msgspec.Struct):
+    fetch_user: Output
+    fetch_orders: Output
+    score: Output
+
+
+_typed = msgspec.json.Decoder(DepsInput)
+
+
+def typed_from_raw(assemble_raw: Callable[..., list[bytes]]) -> Callable[[Batch], list[Any]]:
+    return lambda batch: [_typed.decode(raw) for raw in assemble_raw(*batch)]
+
+
+def typed_converted(assemble: Callable[..., list[Any]]) -> Callable[[Batch], list[Any]]:
+    return lambda batch: [msgspec.convert(v, DepsInput) for v in assemble(*batch)]
+
+
+def implementations() -> dict[str, dict[str, Callable[[Any], Any]]]:
+    """For each batch, the implementations compared: name -> function of the batch."""
+    assert _core is not None
+    stdlib = plain_assemble(json.loads)
+    fast = plain_assemble(orjson.loads)
+    msgspec_assemble = plain_assemble(msgspec.json.Decoder().decode)
+    encoder = msgspec.json.Encoder()
+    builds = {
+        shape: {
+            # what ships: the Rust core assembles raw inputs, msgspec decodes them
+            "rust": lambda b: codec.decode_many(_core.assemble_inputs(*b)),
+            "python": lambda b: codec.decode_many(fallback.assemble_inputs(*b)),
+            "msgspec": lambda b: msgspec_assemble(*b),
+            "orjson": lambda b: fast(*b),
+            "json": lambda b: stdlib(*b),
+        }
+        for shape in BATCHES
+    }
+    builds["payload"] = {
+        "msgspec": codec.decode_many,
+        "orjson": lambda raws: [orjson.loads(r) for r in raws],
+        "json": lambda raws: [json.loads(r) for r in raws],
+    }
+    builds["typed"] = {
+        "rust": typed_from_raw(_core.assemble_inputs),
+        "python": typed_from_raw(fallback.assemble_inputs),
+        "msgspec+convert": typed_converted(msgspec_assemble),
+        "json+convert": typed_converted(plain_assemble(json.loads)),
+    }
+    builds["encode"] = {
+        "msgspec": codec.encode_outputs,
+        "msgspec Encoder": encoder.encode,
+        "orjson": orjson.dumps,
+        "json": lambda values: json.dumps(values, separators=(",", ":")).encode(),
+    }
+    return builds
+
+
+def inputs() -> dict[str, Any]:
+    made = {shape: make() for shape, make in BATCHES.items()}
+    assert _core is not None
+    made["payload"] = _core.assemble_inputs(*map_batch())
+    made["typed"] = made["deps"]
+    made["encode"] = outputs()
+    return made
+
+
+_RESULTS: dict[str, dict[str, float]] = {}
+
+
+def table_lines(results: dict[str, dict[str, float]]) -> list[str]:
+    names = [
+        "rust",
+        "python",
+        "msgspec",
+        "orjson",
+        "json",
+        "msgspec+convert",
+        "json+convert",
+        "msgspec Encoder",
     ]
-
-
-_RESULTS: dict[tuple[str, str], dict[str, float]] = {}
+    lines = [f"  {'batch':8}" + "".join(f"{n:>17}" for n in names)]
+    for shape, times in results.items():
+        cells = "".join(f"{times[n] * 1e3:14.2f} ms" if n in times else " " * 17 for n in names)
+        lines.append(f"  {shape:8}{cells}")
+    return lines
 
 
 @pytest.fixture(scope="module", autouse=True)
-def speedup_table(pytestconfig: pytest.Config) -> Iterator[None]:
+def print_table(pytestconfig: pytest.Config) -> Iterator[None]:
     yield
     if not _RESULTS:
         return
-    # Written past pytest's output capture, once every benchmark of the module has run.
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    lines = ["", "Speed-up of pgflow._core over the pure-Python twin (median times):"]
-    lines += table_lines(_RESULTS)
+    lines = ["", "Median time per batch of 1,000 tasks (ms):", *table_lines(_RESULTS)]
     if capture is not None:
         with capture.global_and_fixture_disabled():
             print("\n".join(lines))
@@ -188,85 +279,41 @@ def speedup_table(pytestconfig: pytest.Config) -> Iterator[None]:
         print("\n".join(lines))
 
 
-def table_lines(results: dict[tuple[str, str], dict[str, float]]) -> list[str]:
-    lines = []
-    for (shape, label), times in sorted(results.items()):
-        if "rust" in times and "twin" in times:
-            lines.append(
-                f"  {shape:6} {label:58} rust {times['rust'] * 1e3:8.2f} ms  "
-                f"twin {times['twin'] * 1e3:8.2f} ms  x{times['twin'] / times['rust']:5.1f}"
-            )
-    return lines
-
-
 @pytest.fixture(scope="module")
-def batches() -> dict[str, Batch]:
-    return {shape: make() for shape, make in BATCHES.items()}
+def made() -> dict[str, Any]:
+    return inputs()
 
 
 CASES = [
-    (shape, n, side) for shape in BATCHES for n in range(len(comparisons(shape))) for side in (0, 1)
+    (shape, name)
+    for shape, names in {
+        **{s: ["rust", "python", "msgspec", "orjson", "json"] for s in BATCHES},
+        "payload": ["msgspec", "orjson", "json"],
+        "typed": ["rust", "python", "msgspec+convert", "json+convert"],
+        "encode": ["msgspec", "msgspec Encoder", "orjson", "json"],
+    }.items()
+    for name in names
 ]
 
 
-@pytest.mark.parametrize(
-    ("shape", "n", "side"),
-    CASES,
-    ids=[
-        f"{shape}-{comparisons(shape)[n][0].split(' ')[0]}{n}-{'rust' if side == 0 else 'twin'}"
-        for shape, n, side in CASES
-    ],
-)
-def test_batch(benchmark: Any, batches: dict[str, Batch], shape: str, n: int, side: int) -> None:
-    label, rust, twin = comparisons(shape)[n]
-    batch = batches[shape]
-    func = rust if side == 0 else twin
-    result = benchmark(func, batch)
-    assert len(result) == TASKS
-    _RESULTS.setdefault((shape, label), {})["rust" if side == 0 else "twin"] = (
-        benchmark.stats.stats.median
-    )
+@pytest.mark.parametrize(("shape", "name"), CASES, ids=[f"{s}-{n}" for s, n in CASES])
+def test_batch(benchmark: Any, made: dict[str, Any], shape: str, name: str) -> None:
+    function = implementations()[shape][name]
+    result = benchmark(function, made[shape])
+    if shape != "encode":
+        assert len(result) == TASKS
+    _RESULTS.setdefault(shape, {})[name] = benchmark.stats.stats.median
 
 
-def test_decode_many_rust(benchmark: Any, batches: dict[str, Batch]) -> None:
-    raws = _core.assemble_inputs(*batches["deps"])
-    benchmark(_core.decode_many, raws)
-    _RESULTS.setdefault(("deps", "decode_many"), {})["rust"] = benchmark.stats.stats.median
+def test_implementations_agree(made: dict[str, Any]) -> None:
+    for shape, functions in implementations().items():
+        results = [f(made[shape]) for f in functions.values()]
+        if shape == "encode":
+            results = [json.loads(r) for r in results]
+        assert all(r == results[0] for r in results), shape
 
 
-def test_decode_many_twin(benchmark: Any, batches: dict[str, Batch]) -> None:
-    raws = _core.assemble_inputs(*batches["deps"])
-    benchmark(codec.decode_many, raws)
-    _RESULTS.setdefault(("deps", "decode_many"), {})["twin"] = benchmark.stats.stats.median
-
-
-@pytest.fixture(scope="module")
-def typical_outputs() -> list[Any]:
-    return outputs()
-
-
-def test_encode_outputs_rust(benchmark: Any, typical_outputs: list[Any]) -> None:
-    text = benchmark(_core.encode_outputs, typical_outputs)
-    assert text == codec.encode_outputs(typical_outputs)
-    _RESULTS.setdefault(("encode", "encode_outputs"), {})["rust"] = benchmark.stats.stats.median
-
-
-def test_encode_outputs_twin(benchmark: Any, typical_outputs: list[Any]) -> None:
-    benchmark(codec.encode_outputs, typical_outputs)
-    _RESULTS.setdefault(("encode", "encode_outputs"), {})["twin"] = benchmark.stats.stats.median
-
-
-def test_encode_value_rust(benchmark: Any, typical_outputs: list[Any]) -> None:
-    benchmark(lambda: [_core.encode_value(v) for v in typical_outputs])
-    _RESULTS.setdefault(("encode", "encode_value x1000"), {})["rust"] = benchmark.stats.stats.median
-
-
-def test_encode_value_twin(benchmark: Any, typical_outputs: list[Any]) -> None:
-    benchmark(lambda: [codec.encode_value(v) for v in typical_outputs])
-    _RESULTS.setdefault(("encode", "encode_value x1000"), {})["twin"] = benchmark.stats.stats.median
-
-
-def median_time(func: Callable[[], Any], rounds: int = 15) -> float:
+def median_time(func: Callable[[], Any], rounds: int = 31) -> float:
     func()
     samples = []
     for _ in range(rounds):
@@ -277,31 +324,14 @@ def median_time(func: Callable[[], Any], rounds: int = 15) -> float:
 
 
 def main() -> None:
-    """The speed-up table without pytest."""
+    """The table without pytest."""
     assert _core is not None, "build the extension first: maturin develop --release"
-    results: dict[tuple[str, str], dict[str, float]] = {}
-    for shape, make in BATCHES.items():
-        batch = make()
-        for label, rust, twin in comparisons(shape):
-            results[(shape, label)] = {
-                "rust": median_time(partial(rust, batch)),
-                "twin": median_time(partial(twin, batch)),
-            }
-    raws = _core.assemble_inputs(*deps_batch())
-    results[("deps", "decode_many")] = {
-        "rust": median_time(lambda: _core.decode_many(raws)),
-        "twin": median_time(lambda: codec.decode_many(raws)),
+    made = inputs()
+    results = {
+        shape: {name: median_time(lambda f=f, s=shape: f(made[s])) for name, f in functions.items()}
+        for shape, functions in implementations().items()
     }
-    values = outputs()
-    results[("encode", "encode_outputs")] = {
-        "rust": median_time(lambda: _core.encode_outputs(values)),
-        "twin": median_time(lambda: codec.encode_outputs(values)),
-    }
-    results[("encode", "encode_value x1000")] = {
-        "rust": median_time(lambda: [_core.encode_value(v) for v in values]),
-        "twin": median_time(lambda: [codec.encode_value(v) for v in values]),
-    }
-    print("Speed-up of pgflow._core over the pure-Python twin (median times):")
+    print("Median time per batch of 1,000 tasks (ms):")
     for line in table_lines(results):
         print(line)
 

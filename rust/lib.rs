@@ -1,9 +1,11 @@
-//! `pgflow._core`: builds a claimed batch's handler inputs from the blobs the claim sent.
+//! `pgflow._core`: builds a claimed batch's handler inputs, as raw JSON, from the blobs the claim
+//! sent.
 //!
-//! What no crate does is here: planning a batch (each blob parsed once, each map parent indexed
-//! once, fresh objects per task, large texts read without the GIL) and the mapping of errors to
-//! `pgflow.errors`. JSON itself is jiter's. `plan.rs` is pure Rust (`cargo test`); the `python`
-//! feature adds the bindings.
+//! What no library does is here: planning a batch (each map parent indexed once by skipping over
+//! its elements, each task given its slice or its dependency object, without the GIL) and the
+//! mapping of errors to `pgflow.errors`. JSON is read by jiter; msgspec decodes the result
+//! (`pgflow.codec`). `plan.rs` is pure Rust (`cargo test`); the `python` feature adds the
+//! bindings.
 pub mod error;
 pub mod plan;
 
@@ -63,9 +65,7 @@ mod python {
         m.add("MODE_DEPS", crate::plan::MODE_DEPS)?;
         m.add("MODE_MAP", crate::plan::MODE_MAP)?;
         m.add("MAX_DEPTH", crate::plan::MAX_DEPTH)?;
-        m.add_function(wrap_pyfunction!(crate::bindings::assemble_and_decode, m)?)?;
         m.add_function(wrap_pyfunction!(crate::bindings::assemble_inputs, m)?)?;
-        m.add_function(wrap_pyfunction!(crate::bindings::decode_many, m)?)?;
         Ok(())
     }
 }

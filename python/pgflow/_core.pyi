@@ -1,9 +1,9 @@
 """Type stub and reference of the Rust extension `pgflow._core`.
 
-`pgflow.codec` uses it when it is built, else the msgspec fallback `pgflow.codec.fallback`, which
-has the same functions, values and exception classes (property tests compare the two).
-Exceptions come from `pgflow.errors` and carry ``position``, the index of the failing task or
-item in the sequence passed in.
+`pgflow.codec` uses it when it is built, else the Python fallback `pgflow.codec.fallback`, which
+has the same function, results and exception classes (property tests compare the two); msgspec
+then decodes the raw inputs. Exceptions come from `pgflow.errors` and carry ``position``, the
+index of the failing task in the sequence passed in.
 
 Blobs map a key to raw JSON text (as PostgreSQL's ``jsonb::text`` prints it): the run input under
 ``f"{run_id}:"``, a completed step's output under ``f"{run_id}:{step_slug}"``. A task spec is
@@ -15,20 +15,19 @@ Blobs map a key to raw JSON text (as PostgreSQL's ``jsonb::text`` prints it): th
 - ``MODE_MAP`` (2): element ``task_index`` of the array blob ``run_id:dep_slugs[0]``, or of the run
   input when ``dep_slugs`` is empty (root map).
 
-JSON is read by jiter: RFC 8259, integers of any size, duplicate keys (last value wins), no
-``NaN``/``Infinity``; each text decoded (a blob, a map element, an item) may nest ``MAX_DEPTH``
-(200) arrays/objects that hold values (an empty one counts as a scalar). Each blob is parsed once per call, each map parent indexed once
-(its elements skipped over, only the needed ones decoded), tasks never share objects, and texts
-over 256 KiB are read without the GIL.
+A map parent is indexed once per call by skipping over its elements with jiter (which checks the
+whole text is JSON, and that each element nests at most ``MAX_DEPTH`` (200) arrays/objects that
+hold values), and each task gets its element's slice; other blobs pass as sent (msgspec checks
+them when it decodes). All of it runs without the GIL.
 
-Errors: missing run input or map parent -> ``MissingBlob``; invalid JSON -> ``InvalidJson``; map
-parent not an array -> ``NotAnArray``; index outside it -> ``ElementOutOfRange``; unknown mode
+Errors: missing run input or map parent -> ``MissingBlob``; invalid map parent -> ``InvalidJson``;
+map parent not an array -> ``NotAnArray``; index outside it -> ``ElementOutOfRange``; unknown mode
 -> ``CoreError``; malformed specs, non-str blobs -> ``TypeError``. Tasks are built in order and
 the first failing one is raised.
 """
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Final
 
 __version__: Final[str]
 MODE_FLOW_INPUT: Final[int]
@@ -36,16 +35,7 @@ MODE_DEPS: Final[int]
 MODE_MAP: Final[int]
 MAX_DEPTH: Final[int]
 
-def assemble_and_decode(
-    tasks: Iterable[tuple[int, str, Sequence[str], int]], blobs: Mapping[str, str]
-) -> list[Any]:
-    """The handler input of each task, as Python values."""
-
 def assemble_inputs(
     tasks: Iterable[tuple[int, str, Sequence[str], int]], blobs: Mapping[str, str]
 ) -> list[bytes]:
-    """The handler input of each task as raw JSON (for typed handlers, which msgspec decodes
-    straight into their type). Only a map parent is read (indexed); other blobs pass as sent."""
-
-def decode_many(raws: Iterable[bytes | str]) -> list[Any]:
-    """Each JSON text decoded to Python values."""
+    """The handler input of each task as raw JSON."""

@@ -1,6 +1,6 @@
-"""Property tests: the Rust core and its msgspec fallback give the same values and raise the
-same exception classes (messages may differ) for any batch, including NaN, NUL characters,
-huge numbers, deep nesting and broken JSON."""
+"""Property tests: with the Rust core or its Python fallback assembling the inputs, the codec
+gives the same values and raises the same exception classes (messages may differ) for any batch,
+including NaN, NUL characters, huge numbers, deep nesting and broken JSON."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pgflow import codec
 from pgflow.codec import MAX_DEPTH, MODE_DEPS, MODE_FLOW_INPUT, MODE_MAP, fallback
 
 _core = pytest.importorskip("pgflow._core")
@@ -61,9 +62,13 @@ def same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def assert_agree(function: str, *args: Any) -> None:
-    rust = outcome(lambda: getattr(_core, function)(*args))
-    msgspec_ = outcome(lambda: getattr(fallback, function)(*args))
+def decoded(module: Any, specs: Any, blobs: Any) -> list[Any]:
+    return codec.decode_many(module.assemble_inputs(specs, blobs))
+
+
+def assert_agree(specs: Any, blobs: Any) -> None:
+    rust = outcome(lambda: decoded(_core, specs, blobs))
+    msgspec_ = outcome(lambda: decoded(fallback, specs, blobs))
     assert rust[0] == msgspec_[0], (rust, msgspec_)
     if rust[0] == "error":
         assert rust[1] is msgspec_[1]
@@ -71,11 +76,23 @@ def assert_agree(function: str, *args: Any) -> None:
         assert same(rust[1], msgspec_[1]), (rust[1], msgspec_[1])
 
 
+def as_inputs(items: list[str]) -> tuple[list[Any], dict[str, str]]:
+    """Each text as a run input, and all of them again as one map parent's elements."""
+    specs: list[Any] = [(MODE_FLOW_INPUT, f"r{i}", [], 0) for i in range(len(items))]
+    blobs = {f"r{i}:": text for i, text in enumerate(items)}
+    blobs["m:"] = "[" + ", ".join(items) + "]"
+    specs += [(MODE_MAP, "m", [], i) for i in range(len(items))]
+    return specs, blobs
+
+
 @SETTINGS
 @given(st.lists(values, max_size=6), st.booleans())
 def test_decoding_values_agrees(items: list[Any], pretty: bool) -> None:
-    assert_agree("decode_many", [dumps(v, pretty) for v in items])
-    assert_agree("decode_many", [dumps(v, pretty).encode() for v in items])
+    assert_agree(*as_inputs([dumps(v, pretty) for v in items]))
+    expected = outcome(lambda: [json.loads(dumps(v, pretty)) for v in items])
+    got = outcome(lambda: decoded(_core, *as_inputs([dumps(v, pretty) for v in items])))
+    assert got[0] == expected[0] == "ok"
+    assert same(got[1][: len(items)], expected[1])
 
 
 # texts that are mostly JSON and sometimes broken, or nested around the limit
@@ -94,7 +111,9 @@ broken = st.one_of(
 @SETTINGS
 @given(st.lists(broken, max_size=4))
 def test_broken_and_deep_texts_agree(items: list[str]) -> None:
-    assert_agree("decode_many", items)
+    specs, blobs = as_inputs(items)
+    assert_agree(specs[: len(items)], blobs)  # run inputs alone
+    assert_agree(specs[len(items) :], blobs)  # elements of one map parent
 
 
 @st.composite
@@ -129,17 +148,20 @@ def batches(draw: st.DrawFn) -> tuple[list[tuple[int, str, list[str], int]], dic
 @given(batches())
 def test_assembling_batches_agrees(batch: tuple[list[Any], dict[str, str]]) -> None:
     specs, blobs = batch
-    assert_agree("assemble_and_decode", specs, blobs)
+    assert_agree(specs, blobs)
     rust = outcome(lambda: _core.assemble_inputs(specs, blobs))
-    msgspec_ = outcome(lambda: fallback.assemble_inputs(specs, blobs))
-    assert rust[0] == msgspec_[0], (rust, msgspec_)
+    python = outcome(lambda: fallback.assemble_inputs(specs, blobs))
+    assert rust[0] == python[0], (rust, python)
     if rust[0] == "error":
-        assert rust[1] is msgspec_[1]
+        assert rust[1] is python[1]
     else:
-        # the same JSON, not necessarily the same bytes (the Rust core slices, msgspec writes)
-        decoded = [outcome(lambda r=r: fallback.decode_many([r])[0]) for r in rust[1]]
-        expected = [outcome(lambda r=r: fallback.decode_many([r])[0]) for r in msgspec_[1]]
-        assert [d[0] for d in decoded] == [e[0] for e in expected]
-        for d, e in zip(decoded, expected, strict=True):
-            if d[0] == "ok":
-                assert same(d[1], e[1])
+        # the same JSON, not necessarily the same bytes (the Rust core slices, the fallback
+        # writes); each input decodes alike, or fails alike
+        for r, p in zip(rust[1], python[1], strict=True):
+            a, b = (
+                outcome(lambda r=r: codec.decode_json(r)),
+                outcome(lambda p=p: codec.decode_json(p)),
+            )
+            assert a[0] == b[0]
+            if a[0] == "ok":
+                assert same(a[1], b[1])

@@ -1,4 +1,4 @@
-"""Selection between the Rust core and its msgspec fallback, and the stub of the built module."""
+"""Selection between the Rust core and its Python fallback, and the stub of the built module."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pgflow.codec import fallback
 
 _core = pytest.importorskip("pgflow._core")
 
-FUNCTIONS = ["assemble_and_decode", "assemble_inputs", "decode_many"]
+FUNCTIONS = ["assemble_inputs"]
 CONSTANTS = ["MAX_DEPTH", "MODE_DEPS", "MODE_FLOW_INPUT", "MODE_MAP"]
 
 
@@ -43,7 +43,7 @@ def test_env_forces_the_fallback(reload_codec: pytest.MonkeyPatch) -> None:
     module = importlib.reload(codec)
     assert module.RUST_AVAILABLE
     assert not module.use_rust()
-    assert module.IMPLEMENTATION == "msgspec"
+    assert module.IMPLEMENTATION == "python"
     for name in FUNCTIONS:
         assert getattr(module, name) is getattr(fallback, name)
 
@@ -81,7 +81,7 @@ def test_fallback_has_the_same_signatures() -> None:
 
 def test_rust_raises_the_shared_classes() -> None:
     with pytest.raises(errors.InvalidJson) as info:
-        _core.decode_many(["{"])
+        _core.assemble_inputs([(2, "r", [], 0)], {"r:": "[1,"})
     assert type(info.value) is errors.InvalidJson
     assert isinstance(info.value, errors.PgflowError) and isinstance(info.value, ValueError)
     assert info.value.position == 0

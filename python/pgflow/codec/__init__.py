@@ -1,9 +1,10 @@
 """The hot path's JSON: handler inputs built from a claimed batch, and handler outputs encoded.
 
-Inputs come from the Rust core `pgflow._core` when it is built, else from the msgspec fallback
-(`PGFLOW_NO_RUST=1` forces the fallback); both raise the exceptions of `pgflow.errors`. Outputs
-are encoded by one reused msgspec `Encoder` either way: it writes Structs, dataclasses, enums,
-datetimes, UUIDs and Decimals directly, and measures faster than any second pass would.
+Raw inputs are assembled by the Rust core `pgflow._core` when it is built, else by the Python
+fallback (`PGFLOW_NO_RUST=1` forces it); both raise the exceptions of `pgflow.errors`. msgspec
+does the decoding (to Python values, or straight into a typed handler's type) and the encoding,
+with one reused `Encoder` that writes Structs, dataclasses, enums, datetimes, UUIDs and Decimals
+directly: it measured faster than the alternatives (benches/bench_core.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Final
 import msgspec
 
 from pgflow.codec import fallback
+from pgflow.codec.decoding import decode_json, decode_many
 from pgflow.codec.fallback import MAX_DEPTH, MODE_DEPS, MODE_FLOW_INPUT, MODE_MAP, Blobs, TaskSpec
 from pgflow.errors import UnencodableValue
 
@@ -31,6 +33,7 @@ __all__ = [
     "TaskSpec",
     "assemble_and_decode",
     "assemble_inputs",
+    "decode_json",
     "decode_many",
     "encode_outputs",
     "encode_value",
@@ -53,17 +56,21 @@ def _rust_disabled() -> bool:
 _USE_RUST: bool = RUST_AVAILABLE and not _rust_disabled()
 _impl: ModuleType = _rust if _USE_RUST and _rust is not None else fallback
 
-IMPLEMENTATION: str = "rust" if _USE_RUST else "msgspec"
+IMPLEMENTATION: str = "rust" if _USE_RUST else "python"
 
 
 def use_rust() -> bool:
-    """Whether this process builds inputs with the Rust core (decided at import)."""
+    """Whether this process assembles inputs with the Rust core (decided at import)."""
     return _USE_RUST
 
 
 assemble_inputs: Callable[[Iterable[TaskSpec], Blobs], list[bytes]] = _impl.assemble_inputs
-assemble_and_decode: Callable[[Iterable[TaskSpec], Blobs], list[Any]] = _impl.assemble_and_decode
-decode_many: Callable[[Iterable[bytes | str]], list[Any]] = _impl.decode_many
+
+
+def assemble_and_decode(tasks: Iterable[TaskSpec], blobs: Blobs) -> list[Any]:
+    """The handler input of each task as Python values; tasks never share objects."""
+    return decode_many(assemble_inputs(tasks, blobs))
+
 
 # -- outputs ----------------------------------------------------------------------------------
 
