@@ -9,6 +9,7 @@ import psycopg
 import psycopg.conninfo
 import worker_flows
 
+from pgflow.client import Client
 from pgflow.worker import Worker
 
 DEADLINE = 30.0
@@ -136,3 +137,22 @@ def test_a_running_worker_requeues_tasks_stalled_after_it_started(db_dsn: str) -
         worker.stop()
         assert worker.wait_stopped(DEADLINE)
         thread.join(DEADLINE)
+
+
+def test_each_hop_of_a_chain_is_claimed_by_the_report_of_the_step_before(db_dsn: str) -> None:
+    worker = Worker([worker_flows.chain], dsn=db_dsn, install_signal_handlers=False)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    assert worker.started.wait(DEADLINE)
+    try:
+        with Client(db_dsn) as client:
+            runs = [client.start(worker_flows.chain, {"word": f"w{i}"}) for i in range(3)]
+            for run_id in runs:
+                client.wait(run_id, timeout=DEADLINE)  # raises unless the run completed
+    finally:
+        worker.stop()
+        thread.join(DEADLINE)
+    steps = len(worker_flows.chain.steps)
+    # every step after the first of each run came back with the report of the step before it
+    assert worker.stats.claimed == 3 * steps
+    assert worker.stats.claimed_on_report == 3 * (steps - 1)

@@ -4,6 +4,12 @@ Reporting apart from claiming lets Postgres work on a claim and a report at the 
 lets results that arrive during one report call ride along on the next (group commit). A lost
 connection is reopened with backoff and the same batch is sent again: a result that was already
 recorded is ignored the second time, so nothing is lost or applied twice.
+
+The loop may attach a claim offer (free slots) to the results it hands over: when every result of
+a batch belongs to the offer's flow, the batch goes through `report_and_claim`, and the tasks it
+made ready come back with the acknowledgement, so a hop of a chain costs one round trip. Every
+offer is answered exactly once (with the rows claimed, or None when the batch was reported
+without claiming), so the loop can release the slots it set aside.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import psycopg
 
 from pgflow.db.connection import connect
 from pgflow.errors import PgflowError, one_line
-from pgflow.worker.reports import Outcome, ResultSink
+from pgflow.worker.reports import ClaimOffer, Outcome, ResultSink
 
 logger = logging.getLogger("pgflow.worker")
 
@@ -27,7 +33,9 @@ class Reporter:
         self,
         dsn: str,
         sink: ResultSink,
-        on_flushed: Callable[[Sequence[Outcome]], None],
+        on_flushed: Callable[
+            [Sequence[Outcome], Sequence[ClaimOffer], list[tuple[Any, ...]] | None], None
+        ],
         *,
         max_batch: int = 1000,
         max_backoff: float = 10.0,
@@ -38,6 +46,7 @@ class Reporter:
         self.max_batch = max_batch
         self.max_backoff = max_backoff
         self._items: list[Outcome] = []
+        self._offers: list[ClaimOffer] = []
         self._cond = threading.Condition()
         self._closing = False
         self._abandon = False
@@ -48,9 +57,11 @@ class Reporter:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, outcomes: Sequence[Outcome]) -> None:
+    def put(self, outcomes: Sequence[Outcome], offer: ClaimOffer | None = None) -> None:
         with self._cond:
             self._items.extend(outcomes)
+            if offer is not None:
+                self._offers.append(offer)
             self._cond.notify()
 
     @property
@@ -81,26 +92,34 @@ class Reporter:
                         return
                     batch = self._items[: self.max_batch]
                     del self._items[: self.max_batch]
+                    offers, self._offers = self._offers, []
                     self._busy = True
+                rows: list[tuple[Any, ...]] | None = None
                 try:
-                    if not self._send(batch):
+                    sent, rows = self._send(batch, _joint_offer(batch, offers, self.sink))
+                    if not sent:
                         return
                 finally:
                     with self._cond:
                         self._busy = False
-                self.on_flushed(batch)
+                self.on_flushed(batch, offers, rows)
         finally:
             if self._conn is not None:
                 self._conn.close()
 
-    def _send(self, batch: Sequence[Outcome]) -> bool:
+    def _send(
+        self, batch: Sequence[Outcome], offer: ClaimOffer | None
+    ) -> tuple[bool, list[tuple[Any, ...]] | None]:
+        """(False when abandoned, the rows claimed or None when the report did not claim)."""
         delay = 0.1
         while True:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = connect(self.dsn, autocommit=True, prepare_threshold=None)
+                if offer is not None:
+                    return True, self.sink.report_and_claim(self._conn, batch, offer)
                 self.sink.report(self._conn, batch)
-                return True
+                return True, None
             except (psycopg.OperationalError, psycopg.InterfaceError, PgflowError) as exc:
                 logger.warning(
                     "could not report %d result(s) (%s); retrying in %.1fs",
@@ -113,13 +132,15 @@ class Reporter:
                 self._conn = None
                 with self._cond:
                     if self._abandon:
-                        return False
+                        return False, None
                     self._cond.wait(delay)
                 delay = min(delay * 2, self.max_backoff)
             except psycopg.Error as exc:
-                # a bug or a broken invariant in the SQL: report the results one by one so a
-                # single bad item cannot hold back the others
+                # a bug or a broken invariant in the SQL: report without claiming, then the
+                # results one by one, so a single bad item cannot hold back the others
                 logger.error("reporting a batch failed: %s", one_line(exc, 300))
+                if offer is not None:
+                    return self._send(batch, None)
                 if len(batch) == 1:
                     logger.error(
                         "dropping the result of %s/%s[%d]; the task will be retried "
@@ -128,7 +149,19 @@ class Reporter:
                         batch[0].step_slug,
                         batch[0].task_index,
                     )
-                    return True
+                    return True, None
                 for item in batch:
-                    self._send([item])
-                return True
+                    self._send([item], None)
+                return True, None
+
+
+def _joint_offer(
+    batch: Sequence[Outcome], offers: Sequence[ClaimOffer], sink: ResultSink
+) -> ClaimOffer | None:
+    """The offers merged into one, when the whole batch belongs to their one flow."""
+    if not offers or not batch or not sink.claims_on_report:
+        return None
+    flow = offers[0].flow_slug
+    if any(o.flow_slug != flow for o in offers) or any(o.flow_slug != flow for o in batch):
+        return None
+    return ClaimOffer(flow, offers[0].worker_id, sum(o.qty for o in offers))

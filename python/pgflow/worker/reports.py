@@ -1,5 +1,7 @@
 """Reporting task results: encode outputs, then one `pgflow.report_tasks` call per batch (or
-`complete_task` / `fail_task` per task on the contract's own path).
+`complete_task` / `fail_task` per task on the contract's own path). With a claim offer (free
+slots of the worker), the batch goes through `pgflow.report_and_claim` instead, which also
+returns the tasks the results made ready, claimed for this worker in the same transaction.
 
 An output that has no JSON form fails its task with a message saying why; it never fails the
 batch or the worker.
@@ -11,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from uuid import UUID
 
 import psycopg
 from psycopg.abc import Buffer
@@ -36,6 +39,8 @@ class Outcome:
     attempt: int | None = None
     output: Any = None
     error: str | None = None
+    # the flow of the task, when known (a report can claim only for a single flow)
+    flow_slug: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -82,36 +87,69 @@ def encode_outputs(outcomes: Sequence[Outcome]) -> RawJson:
     return RawJson(codec.encode_outputs([o.output if o.ok else None for o in outcomes]))
 
 
+@dataclass(slots=True, frozen=True)
+class ClaimOffer:
+    """Free slots a worker offers to the tasks a report makes ready in one flow."""
+
+    flow_slug: str
+    worker_id: UUID
+    qty: int
+
+
 class ResultSink(Protocol):
+    # whether `report_and_claim` may be called (the contract's own path cannot claim)
+    claims_on_report: bool
+
     def report(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> None: ...
+
+    def report_and_claim(
+        self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome], offer: ClaimOffer
+    ) -> list[tuple[Any, ...]]:
+        """Report, and return the rows (claim_tasks' shape) of the tasks claimed."""
+        ...
 
 
 _REPORT_SQL = "select pgflow.report_tasks(%s::uuid[], %s::text[], %s::int[], %s::jsonb, %s::text[], %s::int[])"
+_REPORT_AND_CLAIM_SQL = (
+    "select kind, msg_id, run_id, step_slug, task_index, attempt, mode, deps, payload "
+    "from pgflow.report_and_claim(%s, %s, %s, %s::uuid[], %s::text[], %s::int[], %s::jsonb, "
+    "%s::text[], %s::int[])"
+)
+
+
+def _report_args(outcomes: Sequence[Outcome]) -> tuple[Any, ...]:
+    return (
+        [o.run_id for o in outcomes],
+        [o.step_slug for o in outcomes],
+        [o.task_index for o in outcomes],
+        encode_outputs(outcomes),
+        [o.error for o in outcomes],
+        [o.attempt for o in outcomes],
+    )
 
 
 class BatchedSink:
     """All outcomes in one call and one transaction."""
 
+    claims_on_report = True
+
     def report(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> None:
+        if outcomes:
+            conn.execute(_REPORT_SQL, _report_args(outcomes), prepare=True)
+
+    def report_and_claim(
+        self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome], offer: ClaimOffer
+    ) -> list[tuple[Any, ...]]:
         if not outcomes:
-            return
-        outputs = encode_outputs(outcomes)
-        conn.execute(
-            _REPORT_SQL,
-            (
-                [o.run_id for o in outcomes],
-                [o.step_slug for o in outcomes],
-                [o.task_index for o in outcomes],
-                outputs,
-                [o.error for o in outcomes],
-                [o.attempt for o in outcomes],
-            ),
-            prepare=True,
-        )
+            return []
+        args = (offer.flow_slug, offer.worker_id, offer.qty, *_report_args(outcomes))
+        return conn.execute(_REPORT_AND_CLAIM_SQL, args, prepare=True).fetchall()
 
 
 class PerTaskSink:
     """The contract's own path: `complete_task` / `fail_task`, one transaction each."""
+
+    claims_on_report = False
 
     def report(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
@@ -134,3 +172,8 @@ class PerTaskSink:
                     "select 1 from pgflow.fail_task(%s, %s, %s, %s, %s::int)",
                     (o.run_id, o.step_slug, o.task_index, o.error, o.attempt),
                 )
+
+    def report_and_claim(
+        self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome], offer: ClaimOffer
+    ) -> list[tuple[Any, ...]]:
+        raise NotImplementedError("the per-task path reports without claiming")

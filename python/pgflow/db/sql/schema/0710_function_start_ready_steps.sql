@@ -40,15 +40,14 @@ begin
 
     -- message ids come from the queue's identity sequence in insertion order, so the n-th
     -- smallest id belongs to task n
-    select array_agg(m.id order by m.id) into v_msg_ids
-      from pgmq.send_batch(
-        v_flow,
-        array(
-          select jsonb_build_object('flow_slug', v_flow, 'run_id', v_run_id,
-                                    'step_slug', v_step.step_slug, 'task_index', i)
-            from generate_series(0, v_step.initial_tasks - 1) i
-           order by i),
-        v_step.start_delay) as m(id);
+    v_msg_ids := pgflow._send_messages(
+      v_flow,
+      array(
+        select jsonb_build_object('flow_slug', v_flow, 'run_id', v_run_id,
+                                  'step_slug', v_step.step_slug, 'task_index', i)
+          from generate_series(0, v_step.initial_tasks - 1) i
+         order by i),
+      v_step.start_delay);
 
     insert into pgflow.step_tasks (flow_slug, run_id, step_slug, task_index, message_id)
     select v_flow, v_run_id, v_step.step_slug, (m.ord - 1)::int, m.id

@@ -33,16 +33,15 @@ begin
   for v_group in
     select n.flow_slug, n.start_delay from unnest(v_new) n group by n.flow_slug, n.start_delay
   loop
-    select array_agg(m.id order by m.id) into v_ids
-      from pgmq.send_batch(
-        v_group.flow_slug,
-        array(
-          select jsonb_build_object('flow_slug', n.flow_slug, 'run_id', n.run_id,
-                                    'step_slug', n.step_slug, 'task_index', i)
-            from unnest(v_new) n, generate_series(0, n.initial_tasks - 1) i
-           where n.flow_slug = v_group.flow_slug and n.start_delay = v_group.start_delay
-           order by n.run_id, n.step_slug, i),
-        v_group.start_delay) as m(id);
+    v_ids := pgflow._send_messages(
+      v_group.flow_slug,
+      array(
+        select jsonb_build_object('flow_slug', n.flow_slug, 'run_id', n.run_id,
+                                  'step_slug', n.step_slug, 'task_index', i)
+          from unnest(v_new) n, generate_series(0, n.initial_tasks - 1) i
+         where n.flow_slug = v_group.flow_slug and n.start_delay = v_group.start_delay
+         order by n.run_id, n.step_slug, i),
+      v_group.start_delay);
     insert into pgflow.step_tasks (flow_slug, run_id, step_slug, task_index, message_id)
     select t.flow_slug, t.run_id, t.step_slug, t.i, v_ids[t.ord]
       from (

@@ -3,11 +3,12 @@
 -- and, when the result names its attempt, only while that attempt is the task's current one.
 -- A late or duplicate result changes nothing but archiving its message; a task waiting for its
 -- retry keeps its message, and so does a task that another claim has started again (a stale
--- result of an earlier attempt). Returns the run's flow slug when the result applies, else NULL.
+-- result of an earlier attempt). Returns the task's row (as locked) when the result applies, else
+-- NULL.
 create or replace function pgflow._lock_reported_task(
   p_run_id uuid, p_step_slug text, p_task_index int, p_attempt int
 )
-returns text
+returns pgflow.step_tasks
 language plpgsql
 volatile
 set search_path = pg_catalog, pg_temp
@@ -35,7 +36,7 @@ begin
   for update;
 
   if v_run.status = 'started' and v_state.status = 'started' and v_task.status = 'started' then
-    return v_run.flow_slug;
+    return v_task;
   end if;
   if v_task.status <> 'queued' or v_run.status <> 'started' or v_state.status <> 'started' then
     perform pgflow._archive_messages(v_run.flow_slug, array[v_task.message_id]);

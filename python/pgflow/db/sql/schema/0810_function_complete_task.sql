@@ -8,25 +8,21 @@ language plpgsql
 volatile
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
-  v_run pgflow.runs;
   v_state pgflow.step_states;
   v_task pgflow.step_tasks;
   v_step pgflow.steps;
   v_error text;
 begin
-  if pgflow._lock_reported_task(complete_task.run_id, complete_task.step_slug, complete_task.task_index,
-                                complete_task.attempt) is null then
+  v_task := pgflow._lock_reported_task(complete_task.run_id, complete_task.step_slug,
+                                       complete_task.task_index, complete_task.attempt);
+  if v_task.run_id is null then
     return;  -- a late, duplicate or foreign result
   end if;
-  select r.* into v_run from pgflow.runs r where r.run_id = complete_task.run_id;
-  select t.* into v_task from pgflow.step_tasks t
-   where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug
-     and t.task_index = complete_task.task_index;
-
   select s.* into v_step from pgflow.steps s
-   where s.flow_slug = v_run.flow_slug and s.step_slug = complete_task.step_slug;
+   where s.flow_slug = v_task.flow_slug and s.step_slug = complete_task.step_slug;
 
   if v_step.step_type = 'single'
      and jsonb_typeof(complete_task.output) is distinct from 'array'
@@ -34,7 +30,7 @@ begin
        select 1 from pgflow.deps d
          join pgflow.steps cs on cs.flow_slug = d.flow_slug and cs.step_slug = d.step_slug
          join pgflow.step_states css on css.run_id = complete_task.run_id and css.step_slug = d.step_slug
-        where d.flow_slug = v_run.flow_slug and d.dep_slug = complete_task.step_slug
+        where d.flow_slug = v_task.flow_slug and d.dep_slug = complete_task.step_slug
           and cs.step_type = 'map' and css.initial_tasks is null) then
     v_error := format('[TYPE_VIOLATION] Produced %s instead of array',
                       coalesce(jsonb_typeof(complete_task.output), 'null'));
@@ -42,7 +38,7 @@ begin
        set status = 'failed', failed_at = now(), error_message = v_error, output = complete_task.output
      where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug
        and t.task_index = complete_task.task_index;
-    perform pgflow._archive_messages(v_run.flow_slug, array[v_task.message_id]);
+    perform pgflow._archive_messages(v_task.flow_slug, array[v_task.message_id]);
     perform pgflow._fail_step(complete_task.run_id, complete_task.step_slug, v_error);
     return query select t.* from pgflow.step_tasks t
       where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug
@@ -54,22 +50,29 @@ begin
      set status = 'completed', completed_at = now(), output = complete_task.output
    where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug
      and t.task_index = complete_task.task_index;
-  perform pgflow._archive_messages(v_run.flow_slug, array[v_task.message_id]);
+  perform pgflow._archive_messages(v_task.flow_slug, array[v_task.message_id]);
 
-  update pgflow.step_states ss set remaining_tasks = ss.remaining_tasks - 1
-   where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
-  returning ss.* into v_state;
+  if v_step.step_type = 'single' then
+    -- one task: the step completes with it, in one statement
+    update pgflow.step_states ss
+       set remaining_tasks = 0, status = 'completed', completed_at = now(), output = complete_task.output
+     where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
+    returning ss.* into v_state;
+  else
+    update pgflow.step_states ss set remaining_tasks = ss.remaining_tasks - 1
+     where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug
+    returning ss.* into v_state;
+    if v_state.remaining_tasks = 0 then
+      update pgflow.step_states ss
+         set status = 'completed', completed_at = now(),
+             output = (select jsonb_agg(t.output order by t.task_index)
+                         from pgflow.step_tasks t
+                        where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug)
+       where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug;
+    end if;
+  end if;
 
   if v_state.remaining_tasks = 0 then
-    update pgflow.step_states ss
-       set status = 'completed', completed_at = now(),
-           output = case
-             when v_step.step_type = 'map' then (
-               select jsonb_agg(t.output order by t.task_index)
-                 from pgflow.step_tasks t
-                where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug)
-             else complete_task.output end
-     where ss.run_id = complete_task.run_id and ss.step_slug = complete_task.step_slug;
     perform pgflow._after_step_completed(complete_task.run_id, complete_task.step_slug);
     perform pgflow._advance_run(complete_task.run_id);
   end if;
@@ -87,6 +90,7 @@ language sql
 volatile
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
   select * from pgflow.complete_task(complete_task.run_id, complete_task.step_slug,
                                      complete_task.task_index, complete_task.output, null::int);

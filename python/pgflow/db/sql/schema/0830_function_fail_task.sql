@@ -7,26 +7,23 @@ language plpgsql
 volatile
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
-  v_run pgflow.runs;
   v_task pgflow.step_tasks;
   v_max_attempts int;
   v_base_delay int;
 begin
-  if pgflow._lock_reported_task(fail_task.run_id, fail_task.step_slug, fail_task.task_index,
-                                fail_task.attempt) is null then
+  v_task := pgflow._lock_reported_task(fail_task.run_id, fail_task.step_slug, fail_task.task_index,
+                                       fail_task.attempt);
+  if v_task.run_id is null then
     return;  -- a late, duplicate or foreign result
   end if;
-  select r.* into v_run from pgflow.runs r where r.run_id = fail_task.run_id;
-  select t.* into v_task from pgflow.step_tasks t
-   where t.run_id = fail_task.run_id and t.step_slug = fail_task.step_slug
-     and t.task_index = fail_task.task_index;
 
   select coalesce(s.opt_max_attempts, f.opt_max_attempts), coalesce(s.opt_base_delay, f.opt_base_delay)
     into v_max_attempts, v_base_delay
     from pgflow.steps s join pgflow.flows f on f.flow_slug = s.flow_slug
-   where s.flow_slug = v_run.flow_slug and s.step_slug = fail_task.step_slug;
+   where s.flow_slug = v_task.flow_slug and s.step_slug = fail_task.step_slug;
 
   if v_task.attempts_count < v_max_attempts then
     update pgflow.step_tasks t
@@ -35,7 +32,7 @@ begin
      where t.run_id = fail_task.run_id and t.step_slug = fail_task.step_slug
        and t.task_index = fail_task.task_index;
     perform pgflow.set_vt_batch(
-      v_run.flow_slug, array[v_task.message_id],
+      v_task.flow_slug, array[v_task.message_id],
       array[pgflow.calculate_retry_delay(v_base_delay, v_task.attempts_count)]);
   else
     perform pgflow._task_exhausted(fail_task.run_id, fail_task.step_slug, fail_task.task_index,
@@ -55,6 +52,7 @@ language sql
 volatile
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
   select * from pgflow.fail_task(fail_task.run_id, fail_task.step_slug, fail_task.task_index,
                                  fail_task.error_message, null::int);

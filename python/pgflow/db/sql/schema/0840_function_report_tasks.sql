@@ -28,6 +28,7 @@ language plpgsql
 volatile
 security definer
 set search_path = pg_catalog, pg_temp
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_n int := coalesce(cardinality(report_tasks.run_ids), 0);

@@ -41,6 +41,8 @@ begin
     grant execute on function pgflow.fail_task(uuid, text, int, text, int) to pgflow_worker;
     grant execute on function pgflow.claim_tasks(text, uuid, int, int) to pgflow_worker;
     grant execute on function pgflow.report_tasks(uuid[], text[], int[], jsonb, text[], int[]) to pgflow_worker;
+    grant execute on function pgflow.report_and_claim(text, uuid, int, uuid[], text[], int[], jsonb, text[], int[], int)
+      to pgflow_worker;
     grant execute on function pgflow.register_worker(uuid, text, text) to pgflow_worker;
     grant execute on function pgflow.send_heartbeat(uuid) to pgflow_worker;
     grant execute on function pgflow.mark_worker_stopped(uuid) to pgflow_worker;
