@@ -97,6 +97,19 @@ def wait_for_gate(item: dict[str, Any]) -> int:
     return int(item["i"]) * 10
 
 
+# Each task appends its index to a file when its handler starts: a run log that shows every
+# task that ran, and how many times.
+recorded = Flow("acc_recorded", max_attempts=3, base_delay=0, timeout=60)
+
+
+@recorded.map()
+def record(item: dict[str, Any]) -> int:
+    with open(item["log"], "a") as log:
+        log.write(f"{item['i']}\n")
+    time.sleep(0.005)
+    return int(item["i"])
+
+
 def gated_input(gate: Path, count: int) -> list[dict[str, Any]]:
     return [{"i": i, "gate": str(gate)} for i in range(count)]
 

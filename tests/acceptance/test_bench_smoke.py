@@ -23,13 +23,21 @@ FIELDS = {
     "verified",
     "settings",
 }
-SMALL = ["--map-tasks", "40", "--chain-runs", "1", "--diamond-runs", "8", "--fanout-items", "60"]
+SMALL = [
+    *("--map-tasks", "40", "--chain-runs", "1", "--diamond-runs", "8", "--fanout-items", "60"),
+    *("--cpu-tasks", "6", "--io-tasks", "20"),
+]
 
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--per-task", "--no-rust", "--executor", "asyncio", "--workers", "2"]],
-    ids=["batched-rust", "per-task-twin-2-workers"],
+    [
+        [],
+        ["--per-task", "--no-rust", "--executor", "asyncio", "--workers", "2"],
+        ["--executor", "process"],
+        ["--executor", "inline"],
+    ],
+    ids=["batched-rust", "per-task-fallback-asyncio-2-workers", "process", "inline"],
 )
 def test_bench_runs_every_scenario_and_verifies_outputs(
     run_pgflow: Callable[..., subprocess.CompletedProcess[str]], db_dsn: str, extra: list[str]
@@ -49,7 +57,7 @@ def test_bench_runs_every_scenario_and_verifies_outputs(
     )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert [r["scenario"] for r in rows] == ["map", "chain", "diamond", "fanout"]
+    assert [r["scenario"] for r in rows] == ["map", "chain", "diamond", "fanout", "cpu", "io"]
     for row in rows:
         assert set(row) == FIELDS
         assert row["verified"] is True
@@ -60,9 +68,12 @@ def test_bench_runs_every_scenario_and_verifies_outputs(
     assert by_name["chain"]["tasks"] == 50
     assert by_name["diamond"]["runs"] == 8
     assert by_name["fanout"]["tasks"] == 61
+    assert by_name["cpu"]["tasks"] == 6
+    assert by_name["io"]["tasks"] == 20
     settings = by_name["map"]["settings"]
     assert settings["per_task"] is ("--per-task" in extra)
     assert settings["rust"] is ("--no-rust" not in extra)
+    assert settings["executor"] == (extra[extra.index("--executor") + 1] if extra else "thread")
     assert "outputs verified" in result.stderr
 
 

@@ -206,7 +206,9 @@ def test_cancel_a_started_run_and_ignore_its_late_results(
     workers: WorkerPool, conn: Conn, db_dsn: str, run_pgflow: Run, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
-    worker = workers.start(["acceptance_flows:gated"], "--concurrency", "2", conn=conn)
+    worker = workers.start(
+        ["acceptance_flows:gated"], "--concurrency", "2", "--prefetch", "0", conn=conn
+    )
     run_id = start_run(conn, "acc_gated", gated_input(gate, 4))
     wait_for_started_tasks(conn, run_id, 2, details=worker.describe)
 

@@ -39,6 +39,11 @@ BASIC = "acceptance_flows:basic"
 FAILING = "acceptance_flows:failing"
 MANY = "acceptance_flows:many"
 GATED = "acceptance_flows:gated"
+RECORDED = "acceptance_flows:recorded"
+# These tests count the tasks a worker has started as the ones it runs: no claims held ahead
+# of free slots (prefetch has tests of its own, tests/integration/test_prefetch.py and the
+# SIGTERM test below).
+NO_PREFETCH = ("--prefetch", "0")
 
 
 @pytest.fixture
@@ -162,7 +167,7 @@ def test_a_killed_worker_s_tasks_are_requeued_and_finished_by_another(
     workers: WorkerPool, conn: Conn, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
-    doomed = workers.start([GATED], "--concurrency", "3", conn=conn)
+    doomed = workers.start([GATED], *NO_PREFETCH, "--concurrency", "3", conn=conn)
     run_id = start_run(conn, "acc_gated", gated_input(gate, 6))
     stalled = wait_for_started_tasks(conn, run_id, 3, details=doomed.describe)
     doomed_ids = doomed.worker_ids(conn)
@@ -182,7 +187,7 @@ def test_a_killed_worker_s_tasks_are_requeued_and_finished_by_another(
         (run_id,),
     )
     gate.touch()
-    rescuer = workers.start([GATED], "--concurrency", "3", conn=conn)
+    rescuer = workers.start([GATED], *NO_PREFETCH, "--concurrency", "3", conn=conn)
     status, output = wait_for_run(conn, run_id, details=rescuer.describe)
     assert (status, output) == ("completed", gated_output(6))
 
@@ -203,7 +208,7 @@ def test_worker_reconnects_after_its_connections_are_terminated(
     workers: WorkerPool, conn: Conn, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
-    worker = workers.start([GATED], "--concurrency", "2", conn=conn)
+    worker = workers.start([GATED], *NO_PREFETCH, "--concurrency", "2", conn=conn)
     # a first run through an open gate, so the reporter's connection is open too
     open_gate = tmp_path / "open"
     open_gate.touch()
@@ -257,7 +262,9 @@ def test_sigterm_finishes_in_flight_tasks_then_exits_0(
     workers: WorkerPool, conn: Conn, tmp_path: Path
 ) -> None:
     gate = tmp_path / "gate"
-    worker = workers.start([GATED], "--concurrency", "2", "--shutdown-grace", "120", conn=conn)
+    worker = workers.start(
+        [GATED], *NO_PREFETCH, "--concurrency", "2", "--shutdown-grace", "120", conn=conn
+    )
     (worker_id,) = worker.worker_ids(conn)
     run_id = start_run(conn, "acc_gated", gated_input(gate, 4))
     in_flight = wait_for_started_tasks(conn, run_id, 2, details=worker.describe)
@@ -284,9 +291,46 @@ def test_sigterm_finishes_in_flight_tasks_then_exits_0(
     assert run_row(conn, run_id) == ("started", None)
 
 
+@pytest.mark.parametrize("executor", ["thread", "process", "asyncio", "inline"])
+def test_sigterm_mid_batch_loses_no_task_and_runs_none_twice(
+    executor: str, workers: WorkerPool, conn: Conn, tmp_path: Path
+) -> None:
+    log = tmp_path / "ran.log"
+    count = 300
+    first = workers.start([RECORDED], "--executor", executor, "--concurrency", "4", conn=conn)
+    run_id = start_run(conn, "acc_recorded", [{"i": i, "log": str(log)} for i in range(count)])
+    # stop it in the middle of the run, with tasks running and more waiting
+    wait_until(
+        lambda: task_counts(conn, run_id).get("completed", 0) >= 30,
+        timeout=60,
+        what="30 completed tasks",
+        details=first.describe,
+    )
+    first.send(signal.SIGTERM)
+    assert first.wait_exit(60) == 0, first.describe()
+    left = task_counts(conn, run_id)
+    assert left.get("completed", 0) < count, "the run finished before the signal: no test"
+    assert set(left) <= {"completed", "queued"}, left  # nothing left started: all given back
+
+    workers.start([RECORDED], "--executor", executor, "--concurrency", "4", conn=conn)
+    status, output = wait_for_run(conn, run_id, timeout=120)
+    assert status == "completed"
+    assert output == {"record": list(range(count))}
+    ran = sorted(int(line) for line in log.read_text().split())
+    assert ran == list(range(count)), "a task ran twice or not at all"
+    attempts = conn.execute(
+        "select count(*) filter (where attempts_count <> 1) from pgflow.step_tasks "
+        "where run_id = %s",
+        (run_id,),
+    ).fetchone()
+    assert attempts == (0,)
+
+
 def test_a_second_sigterm_exits_at_once(workers: WorkerPool, conn: Conn, tmp_path: Path) -> None:
     gate = tmp_path / "gate"  # never opened: only the second signal can end the worker
-    worker = workers.start([GATED], "--concurrency", "2", "--shutdown-grace", "600", conn=conn)
+    worker = workers.start(
+        [GATED], *NO_PREFETCH, "--concurrency", "2", "--shutdown-grace", "600", conn=conn
+    )
     run_id = start_run(conn, "acc_gated", gated_input(gate, 2))
     wait_for_started_tasks(conn, run_id, 2, details=worker.describe)
 

@@ -363,3 +363,21 @@ quick = Flow("wt_quick")
 @quick.step()
 def ping(value: Any, ctx: Context) -> dict[str, Any]:
     return {"pong": value}
+
+
+# -- prefetch ------------------------------------------------------------------------------------
+
+gated_map = Flow("wt_gated_map", max_attempts=2, timeout=30)
+
+
+@gated_map.map()
+def hold(item: Any, ctx: Context) -> int:
+    """Waits until its gate file exists (when it has one), so a test decides when it finishes."""
+    gate = item.get("gate")
+    if gate:
+        deadline = time.monotonic() + 60
+        while not Path(gate).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gate {gate} was never opened")
+            time.sleep(0.01)
+    return int(item["n"])

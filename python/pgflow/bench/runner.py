@@ -10,6 +10,10 @@ Scenarios:
 - chain: runs of 50 sequential steps; the latency of one hop (step i done -> step i+1 done).
 - diamond: 1,000 runs of a -> (b, c) -> d, all started at once; runs per second.
 - fanout: one step producing N items (default 100,000) mapped by a second step; worker memory.
+- cpu: one run of a root map over N tasks (default 1,000) that each burn ~5 ms of pure-Python
+  CPU; tasks per second (the thread executor is held to one core by the GIL).
+- io: one run of a root map over N tasks (default 2,000) that each wait ~50 ms (time.sleep, or
+  asyncio.sleep on the asyncio executor); seconds against the ideal N x 50 ms / concurrency.
 """
 
 from __future__ import annotations
@@ -30,13 +34,13 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from pgflow.bench.flows import CHAIN_LENGTH, FLOWS
+from pgflow.bench.flows import CHAIN_LENGTH, flow_ref
 from pgflow.db.connection import connect
 from pgflow.errors import BenchError
 from pgflow.flow import load_flow
 from pgflow.worker.options import WorkerOptions
 
-SCENARIOS = ("map", "chain", "diamond", "fanout")
+SCENARIOS = ("map", "chain", "diamond", "fanout", "cpu", "io")
 
 Progress = Callable[[str], None]
 
@@ -55,6 +59,8 @@ class BenchSettings:
     chain_runs: int = 5
     diamond_runs: int = 1_000
     fanout_items: int = 100_000
+    cpu_tasks: int = 1_000
+    io_tasks: int = 2_000
     timeout: float = 600.0
 
 
@@ -91,18 +97,29 @@ def run_benchmarks(
 
 
 def _run_scenario(dsn: str, name: str, settings: BenchSettings, progress: Progress) -> BenchResult:
-    flow = load_flow(FLOWS[name])
+    ref = flow_ref(name, settings.worker.executor)
+    flow = load_flow(ref)
     with connect(dsn, autocommit=True) as conn:
         _reset_flow(conn, flow.slug, flow.shape())
-        workers = _start_workers(dsn, FLOWS[name], settings)
+        workers = _start_workers(dsn, ref, settings)
         try:
             _wait_registered(conn, flow.slug, workers, settings)
             if name == "map":
-                result = _bench_map(conn, settings, progress)
+                result = _bench_root_map(
+                    conn, name, flow.slug, "item", settings.map_tasks, settings, progress
+                )
             elif name == "chain":
                 result = _bench_chain(conn, settings, progress)
             elif name == "diamond":
                 result = _bench_diamond(conn, settings, progress)
+            elif name == "cpu":
+                result = _bench_root_map(
+                    conn, name, flow.slug, "burn", settings.cpu_tasks, settings, progress
+                )
+            elif name == "io":
+                result = _bench_root_map(
+                    conn, name, flow.slug, "wait", settings.io_tasks, settings, progress
+                )
             else:
                 result = _bench_fanout(conn, settings, progress)
         finally:
@@ -303,25 +320,32 @@ def _result(
     )
 
 
-def _bench_map(
-    conn: psycopg.Connection[Any], settings: BenchSettings, progress: Progress
+def _bench_root_map(
+    conn: psycopg.Connection[Any],
+    name: str,
+    flow_slug: str,
+    step_slug: str,
+    n: int,
+    settings: BenchSettings,
+    progress: Progress,
 ) -> BenchResult:
-    n = settings.map_tasks
+    """One run of a root map over `n` tasks whose handlers return their item (map, cpu, io)."""
     items = list(range(n))
     row = conn.execute(
-        "select run_id from pgflow.start_flow('bench_map', %s)", (Jsonb(items),)
+        "select run_id from pgflow.start_flow(%s, %s)", (flow_slug, Jsonb(items))
     ).fetchone()
     assert row is not None
     run_id = row[0]
-    _wait_runs(conn, "bench_map", 1, n, settings, progress, "map")
+    _wait_runs(conn, flow_slug, 1, n, settings, progress, name)
     out = conn.execute(
-        "select output, extract(epoch from completed_at - started_at) from pgflow.runs where run_id = %s",
+        "select output, extract(epoch from completed_at - started_at) from pgflow.runs "
+        "where run_id = %s",
         (run_id,),
     ).fetchone()
     assert out is not None
-    if out[0] != {"item": items}:
-        raise BenchError("map: the run's output is not the mapped input")
-    return _result("map", n, 1, float(out[1]), _task_latencies_ms(conn, run_id, "item"))
+    if out[0] != {step_slug: items}:
+        raise BenchError(f"{name}: the run's output is not the mapped input")
+    return _result(name, n, 1, float(out[1]), _task_latencies_ms(conn, run_id, step_slug))
 
 
 def _bench_chain(

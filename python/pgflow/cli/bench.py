@@ -11,7 +11,7 @@ from pgflow.cli.progress import StatusLine
 from pgflow.cli.worker import add_worker_options, options_from
 from pgflow.db.migrations import migrate
 
-_WORKER_FLAGS = ("executor", "concurrency", "batch_size", "per_task")
+_WORKER_FLAGS = ("executor", "concurrency", "batch_size", "prefetch", "per_task")
 
 
 def register(commands: Subparsers) -> None:
@@ -28,12 +28,16 @@ def register(commands: Subparsers) -> None:
     p.add_argument("--workers", type=positive_int, default=d.workers, help="worker processes")
     add_worker_options(p, d.worker, only=_WORKER_FLAGS)
     p.add_argument(
-        "--no-rust", action="store_true", help="workers use the pure-Python twins of the Rust core"
+        "--no-rust",
+        action="store_true",
+        help="workers use the msgspec fallback instead of the Rust core",
     )
     p.add_argument("--map-tasks", type=positive_int, default=d.map_tasks)
     p.add_argument("--chain-runs", type=positive_int, default=d.chain_runs)
     p.add_argument("--diamond-runs", type=positive_int, default=d.diamond_runs)
     p.add_argument("--fanout-items", type=positive_int, default=d.fanout_items)
+    p.add_argument("--cpu-tasks", type=positive_int, default=d.cpu_tasks)
+    p.add_argument("--io-tasks", type=positive_int, default=d.io_tasks)
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds per scenario")
     p.add_argument("--json", action="store_true", help="one JSON object per line and scenario")
 
@@ -47,6 +51,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         chain_runs=args.chain_runs,
         diamond_runs=args.diamond_runs,
         fanout_items=args.fanout_items,
+        cpu_tasks=args.cpu_tasks,
+        io_tasks=args.io_tasks,
         timeout=args.timeout,
     )
     dsn = database(args, announce=True)

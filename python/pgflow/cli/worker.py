@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pgflow.cli.parser import EXIT_OK, Subparsers, add_command, database, positive_int
+from pgflow.cli.parser import (
+    EXIT_OK,
+    Subparsers,
+    add_command,
+    database,
+    non_negative_int,
+    positive_int,
+)
 from pgflow.worker import Worker, WorkerOptions
 from pgflow.worker.options import CLI_FLAGS
 
@@ -16,7 +23,15 @@ from pgflow.worker.options import CLI_FLAGS
 _FLAG_HELP: dict[str, tuple[str, Any]] = {
     "executor": ("thread (default), process, asyncio, inline, or a plugin's", str),
     "concurrency": ("handlers running at once (default {})", positive_int),
-    "batch_size": ("tasks claimed per round trip (default: concurrency)", positive_int),
+    "batch_size": (
+        "tasks claimed per round trip (default: concurrency or prefetch, the larger)",
+        positive_int,
+    ),
+    "prefetch": (
+        "claimed tasks held while they wait for a free slot, at most about a second of work "
+        "(default {}; 0: none)",
+        non_negative_int,
+    ),
     "per_task": ("use only the per-task contract functions (slower; for comparison)", None),
     "allow_data_loss": (
         "replace a flow whose shape changed, deleting its runs (as the database owner; "

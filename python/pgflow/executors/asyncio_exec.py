@@ -1,9 +1,11 @@
 """The asyncio executor: `async def` handlers share one event loop in a dedicated thread.
 
 Suited to many concurrent I/O-bound handlers written with asyncio (thousands of slots cost no
-threads). An async handler that overruns its timeout is cancelled. Sync handlers are run off the
-loop in threads, as `asyncio.to_thread` would, but in an `ElasticThreadPool`: a timed-out sync
-handler cannot be stopped, and it must not take a thread away from the jobs that follow.
+threads). Each async handler runs as a task of its own, with a timer for its timeout: past it,
+the attempt fails at once and the handler is cancelled. Submissions reach the loop in bursts
+(one wake-up of the loop per burst, not per job). Sync handlers are run off the loop in threads,
+as `asyncio.to_thread` would, but in an `ElasticThreadPool`: a timed-out sync handler cannot be
+stopped, and it must not take a thread away from the jobs that follow.
 
 Handlers must not block the loop: a sync call inside an `async def` handler stalls every other
 handler of this executor.
@@ -12,6 +14,7 @@ handler of this executor.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import itertools
 import threading
@@ -49,6 +52,8 @@ class AsyncioExecutor(InFlightExecutor):
         self._lock = threading.Lock()
         self._job_left = threading.Condition(self._lock)
         self._in_flight: dict[int, tuple[Job, OnDone]] = {}
+        # submitted, not yet begun on the loop (guarded by the lock)
+        self._submitted: collections.deque[tuple[int, Job]] = collections.deque()
         self._ids = itertools.count()
         self._shutdown_signal = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -93,20 +98,89 @@ class AsyncioExecutor(InFlightExecutor):
             assert self._loop is not None
             job_id = next(self._ids)
             self._in_flight[job_id] = (job, on_done)
-            self._loop.call_soon_threadsafe(self._begin, job_id, job)
+            self._submitted.append((job_id, job))
+            if len(self._submitted) == 1:
+                self._loop.call_soon_threadsafe(self._begin_submitted)
+
+    def _begin_submitted(self) -> None:
+        """On the loop: start every job submitted since the last call."""
+        with self._lock:
+            jobs = list(self._submitted)
+            self._submitted.clear()
+        for job_id, job in jobs:
+            self._begin(job_id, job)
 
     def _begin(self, job_id: int, job: Job) -> None:
         assert self._loop is not None
-        self._loop.create_task(self._execute(job_id, job))
+        try:
+            step = self.resolve_step(job.flow_slug, job.step_slug)
+        except Exception as exc:
+            self._finish(job_id, JobResult.from_exception(job.key, exc))
+            return
+        if step.is_async:
+            self._loop.create_task(self._execute_async(job_id, job, step))
+        else:
+            self._loop.create_task(self._execute(job_id, job))
 
-    async def _execute(self, job_id: int, job: Job) -> None:
-        result = await self._attempt(job)
+    def _finish(self, job_id: int, result: JobResult) -> None:
         with self._lock:
             entry = self._in_flight.pop(job_id, None)
             if entry is not None:
                 self._job_left.notify_all()
         if entry is not None:
             deliver(entry[1], result)
+
+    async def _execute_async(self, job_id: int, job: Job, step: Any) -> None:
+        """An async handler in this task; a timer fails the attempt and cancels it at its
+        timeout."""
+        assert self._loop is not None
+        task = asyncio.current_task()
+        assert task is not None
+        timer: asyncio.TimerHandle | None = None
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            assert job.timeout is not None
+            logger.warning(
+                "%s.%s task %d of run %s exceeded its timeout of %gs: the attempt is failed and "
+                "the handler was cancelled",
+                job.flow_slug,
+                job.step_slug,
+                job.task_index,
+                job.run_id,
+                job.timeout,
+            )
+            # failed at once, even if the handler takes its time to react to the cancellation
+            self._finish(job_id, JobResult.timeout(job.key, job.timeout))
+            task.cancel()
+
+        if job.timeout is not None:
+            timer = self._loop.call_later(job.timeout, expire)
+        ctx = make_context(job, self._shutdown_signal, self.load_flow_input)
+        try:
+            output = await step.invoke_async(job.input, ctx)
+        except asyncio.CancelledError:
+            if expired:
+                return
+            # the handler cancelled itself, or the executor is stopping (then nobody waits)
+            result = JobResult.failure(
+                job.key, "CancelledError", "the handler was cancelled before it finished"
+            )
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            result = JobResult.from_exception(job.key, exc)
+        else:
+            result = JobResult.success(job.key, output)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        self._finish(job_id, result)
+
+    async def _execute(self, job_id: int, job: Job) -> None:
+        self._finish(job_id, await self._attempt(job))
 
     async def _attempt(self, job: Job) -> JobResult:
         loop = asyncio.get_running_loop()

@@ -1,34 +1,50 @@
-"""The process executor: each handler runs in one of `concurrency` child processes.
+"""The process executor: handlers run in child processes, one per core by default.
 
 For CPU-bound handlers that hold the GIL. Children are started with the multiprocessing "spawn"
 method, so they share nothing with the worker but what is sent to them: each job carries a flow
 reference ("module:attribute"), and a child imports the flow by it once and keeps its steps.
 
-A child runs one job at a time. A handler past its timeout has its process terminated and
-replaced, and the attempt fails with `TimeoutError`; a child that dies for any other reason fails
-its job with error type `WorkerProcessDied`, and is replaced too. Children ignore SIGINT, so a
-Ctrl-C in a terminal reaches only the worker, which shuts down gracefully.
+`concurrency` is how many jobs the executor takes at once (its slots); they run on
+`min(concurrency, cores)` children. Jobs go to the children in chunks: each child keeps a short
+queue of its own (about `_CHILD_QUEUE_SECONDS` of work at the measured pace, at most
+`_MAX_CHILD_QUEUE` jobs), so it never waits for the worker between jobs, and the rest wait in the
+executor until a child has room; nothing more is queued behind a job that has run far longer
+than the pace says (though jobs already queued behind it wait for it: with durations that vary
+widely, a job can wait behind a long one). Results come back one per job as each finishes, so a
+child that is terminated loses no result it has produced.
 
-One manager thread in the worker process watches every child: it receives results, forwards the
-children's log records to the worker's logging, answers their requests for a run's flow input,
-enforces deadlines and replaces dead children.
+A handler past its timeout (counted from the moment its child starts it, which the child
+records in a small shared array) has its process terminated and replaced, and the attempt fails
+with `TimeoutError`; jobs queued behind it go to other children. A child that dies for any other
+reason fails the job it was running with error type `WorkerProcessDied`, and is replaced too.
+Children ignore SIGINT, so a Ctrl-C in a terminal reaches only the worker, which shuts down
+gracefully.
+
+One manager thread in the worker process watches every child: it hands out jobs, receives
+results, forwards the children's log records to the worker's logging, answers their requests for
+a run's flow input, enforces deadlines and replaces dead children. In each child a receiver
+thread reads the pipe, so the worker never blocks writing to a child that is busy.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import copy
+import dataclasses
 import itertools
 import logging
 import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
+import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, ClassVar
@@ -57,14 +73,22 @@ _EXIT_WAIT = 2.0
 # Children dying before they are ready are restarted after a growing delay, up to this much.
 _MAX_RESTART_DELAY = 30.0
 
-# Message kinds. Worker to child: ("job", Job), ("flow_input", ok, value or error text), None
-# (exit). Child to worker: ("ready",), ("result", JobResult), ("log", LogRecord),
-# ("flow_input", run_id).
-_JOB = "job"
+# A child's own queue holds about this many seconds of work at the measured pace...
+_CHILD_QUEUE_SECONDS = 0.02
+# ...and never more than this many jobs (nor fewer than one).
+_MAX_CHILD_QUEUE = 64
+# weight of the newest handler duration in the running average that sizes the children's queues
+_PACE_WEIGHT = 0.2
+
+# Message kinds. Worker to child: ("jobs", [(seq, Job), ...]), ("flow_input", ok, value or error
+# text), None (exit). Child to worker: ("ready",), ("done", seq, seconds, pickled JobResult),
+# ("log", LogRecord), ("flow_input", run_id).
+_JOBS = "jobs"
 _READY = "ready"
-_RESULT = "result"
+_DONE = "done"
 _LOG = "log"
 _FLOW_INPUT = "flow_input"
+# the slots of a child's shared clock: the sequence number of the job it runs, and its start
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -78,31 +102,25 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
+_CLOCK_SEQ = 0
+_CLOCK_STARTED = 1
+
+
 class _Child:
     """The worker's view of one child process. Guarded by the executor's lock."""
 
-    __slots__ = (
-        "conn",
-        "deadline",
-        "eof",
-        "job",
-        "kill_at",
-        "on_done",
-        "process",
-        "ready",
-        "send_lock",
-    )
+    __slots__ = ("assigned", "clock", "conn", "eof", "kill_at", "process", "ready", "send_lock")
 
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
+    def __init__(self, process: BaseProcess, conn: Connection, clock: Any) -> None:
         self.process = process
         self.conn = conn
         self.send_lock = threading.Lock()
+        # (sequence number of the job it runs, monotonic time it started it), written by the child
+        self.clock = clock
         self.ready = False
         self.eof = False
-        self.job: Job | None = None
-        self.on_done: OnDone | None = None
-        # Set from the moment the child is ready and busy with a job that has a timeout.
-        self.deadline: float | None = None
+        # jobs sent to the child and not finished, in the order it runs them
+        self.assigned: dict[int, tuple[Job, OnDone]] = {}
         # Set once the child was terminated; it is killed if still alive then.
         self.kill_at: float | None = None
 
@@ -114,6 +132,18 @@ class _Child:
         except (OSError, ValueError):
             return False
         return True
+
+    def running(self) -> tuple[int, float] | None:
+        """(sequence number, start) of the job the child runs now, if it started one of the jobs
+        it was given; the two values are read so that a torn read is never taken for a start."""
+        first = next(iter(self.assigned), None)
+        if first is None:
+            return None
+        seq = self.clock[_CLOCK_SEQ]
+        started = self.clock[_CLOCK_STARTED]
+        if self.clock[_CLOCK_SEQ] != seq or int(seq) != first:
+            return None
+        return first, started
 
 
 class _SharedFlag:
@@ -150,18 +180,24 @@ class _SharedFlag:
 
 
 class ProcessExecutor(Executor):
-    """Runs up to `concurrency` handlers at once, each in its own child process."""
+    """Runs up to `concurrency` jobs at once on `min(concurrency, cores)` child processes."""
 
     name: ClassVar[str] = "process"
 
     def _setup(self) -> None:
         self._mp = multiprocessing.get_context("spawn")
+        self.processes = min(self.concurrency, os.cpu_count() or 1)
         self._lock = threading.Lock()
         self._job_left = threading.Condition(self._lock)
         self._children: list[_Child] = []
-        self._idle: list[_Child] = []
+        # submitted jobs no child has yet, in order (jobs of a dead child go back to the front)
+        self._backlog: collections.deque[tuple[Job, OnDone]] = collections.deque()
+        self._outstanding = 0  # jobs submitted and not finished (backlog and children)
+        self._seqs = itertools.count(1)
         self._numbers = itertools.count(1)
         self._shutdown_signal = _SharedFlag(self._mp)
+        # running average of a job's duration in a child, which sizes the children's queues
+        self._job_seconds: float | None = None
         # A pipe that wakes the manager from its wait; created by start().
         self._wake_read = self._wake_write = -1
         self._manager: threading.Thread | None = None
@@ -185,10 +221,9 @@ class ProcessExecutor(Executor):
             self._started = True
             self._wake_read, self._wake_write = os.pipe()
             os.set_blocking(self._wake_write, False)
-        children = [self._spawn() for _ in range(self.concurrency)]
+        children = [self._spawn() for _ in range(self.processes)]
         with self._lock:
             self._children.extend(children)
-            self._idle.extend(children)
             self._accepting = True
         self._manager = threading.Thread(
             target=self._manage, name="pgflow-process-manager", daemon=True
@@ -204,40 +239,20 @@ class ProcessExecutor(Executor):
                 raise ExecutorClosedError(
                     "the process executor is not running (not started yet, or shutting down)"
                 )
-            if not self._idle:
+            if self._outstanding >= self.concurrency:
                 raise ExecutorBusyError(
-                    "the process executor has no free slot (every process is busy or "
-                    "restarting); submit only while free_slots() > 0"
+                    f"the process executor has no free slot (all {self.concurrency} are taken); "
+                    "submit only while free_slots() > 0"
                 )
-            child = self._idle.pop()
-            child.job, child.on_done = job, on_done
-            if child.ready and job.timeout is not None:
-                child.deadline = time.monotonic() + job.timeout
-                if child.deadline < self._next_check:
-                    self._wake_manager()
-        try:
-            with child.send_lock:
-                child.conn.send((_JOB, job))
-        except (OSError, ValueError):
-            pass  # the child is gone: the manager sees it exit and fails the job
-        except Exception as exc:
-            # The job itself cannot be pickled; the child never saw it.
-            with self._lock:
-                child.job = child.on_done = None
-                child.deadline = None
-                self._idle.append(child)
-            deliver(
-                on_done,
-                JobResult.failure(
-                    job.key,
-                    type(exc).__name__,
-                    f"the job could not be sent to a worker process: {exc}",
-                ),
-            )
+            self._outstanding += 1
+            self._backlog.append((job, on_done))
+            # one wake-up per burst of submissions: the manager sends them in chunks
+            if len(self._backlog) == 1:
+                self._wake_manager()
 
     def free_slots(self) -> int:
         with self._lock:
-            return len(self._idle) if self._accepting else 0
+            return self.concurrency - self._outstanding if self._accepting else 0
 
     def shutdown(self, grace: float) -> list[Job]:
         with self._lock:
@@ -248,14 +263,14 @@ class ProcessExecutor(Executor):
         self._shutdown_signal.set()
         give_up_at = time.monotonic() + grace
         with self._lock:
-            while self._busy() and (remaining := give_up_at - time.monotonic()) > 0:
+            while self._outstanding and (remaining := give_up_at - time.monotonic()) > 0:
                 self._job_left.wait(remaining)
             unfinished = self._abandon_all()
         self._stop_manager()
         if unfinished:
             logger.warning(
-                "the process executor stopped with %d handler(s) still running after %gs of "
-                "grace; their processes were terminated",
+                "the process executor stopped with %d job(s) unfinished after %gs of grace; "
+                "their processes were terminated",
                 len(unfinished),
                 grace,
             )
@@ -273,19 +288,17 @@ class ProcessExecutor(Executor):
 
     # -- helpers called with the lock held ----------------------------------------------------
 
-    def _busy(self) -> bool:
-        return any(child.job is not None for child in self._children)
-
     def _abandon_all(self) -> list[Job]:
-        unfinished = []
+        unfinished = [job for job, _ in self._backlog]
+        self._backlog.clear()
         for child in self._children:
-            if child.job is not None:
-                unfinished.append(child.job)
-                child.job = child.on_done = None
-                child.deadline = None
+            if child.assigned:
+                unfinished.extend(job for job, _ in child.assigned.values())
+                child.assigned.clear()
                 # A child still running an abandoned handler is not asked to exit: it is
                 # terminated with the others that do not exit in time.
                 child.kill_at = -math.inf
+        self._outstanding = 0
         self._closed = True
         self._stopping = True
         # A shutdown() waiting out its grace (when kill() comes meanwhile) may stop waiting.
@@ -301,10 +314,54 @@ class ProcessExecutor(Executor):
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_write, b"\0")
 
+    def _queue_length(self) -> int:
+        """How many jobs a child may hold: about `_CHILD_QUEUE_SECONDS` of work."""
+        if self._job_seconds is None:
+            return 1
+        wanted = int(_CHILD_QUEUE_SECONDS / max(self._job_seconds, 1e-6))
+        return max(1, min(_MAX_CHILD_QUEUE, wanted))
+
+    def _take_chunks(self) -> list[tuple[_Child, list[tuple[int, Job]]]]:
+        """Assign backlog jobs to ready children with room, the emptiest first."""
+        if not self._backlog or self._stopping:
+            return []
+        room = self._queue_length()
+        now = time.monotonic()
+        # a job that runs far longer than the pace says may run for long yet: queue nothing
+        # behind it (other children, or its own when it is done, take the backlog)
+        slow_after = max(4 * (self._job_seconds or 0.0), 0.005)
+        ready = [
+            c
+            for c in self._children
+            if c.ready
+            and c.kill_at is None
+            and not c.eof
+            and ((running := c.running()) is None or now - running[1] < slow_after)
+        ]
+        # children with nothing to do, ready or still starting (a starting one is free soon)
+        idle = sum(1 for c in self._children if not c.assigned and c.kill_at is None)
+        chunks: dict[int, list[tuple[int, Job]]] = {}
+        while self._backlog and ready:
+            child = min(ready, key=lambda c: len(c.assigned))
+            if len(child.assigned) >= room:
+                break
+            if child.assigned and len(self._backlog) <= idle:
+                break  # an idle child will take these rather than queue them behind a job
+            if not child.assigned:
+                idle -= 1
+            job, on_done = self._backlog.popleft()
+            seq = next(self._seqs)
+            child.assigned[seq] = (job, on_done)
+            chunks.setdefault(id(child), []).append((seq, job))
+        by_id = {id(c): c for c in ready}
+        return [(by_id[key], jobs) for key, jobs in chunks.items()]
+
     # -- children ------------------------------------------------------------------------------
 
     def _spawn(self) -> _Child:
         parent_end, child_end = self._mp.Pipe(duplex=True)
+        clock = self._mp.RawArray("d", 2)
+        clock[_CLOCK_SEQ] = -1.0
         process = self._mp.Process(
             target=_child_main,
             args=(
@@ -312,6 +369,7 @@ class ProcessExecutor(Executor):
                 self._shutdown_signal,
                 logging.getLogger().getEffectiveLevel(),
                 self.load_flow_input is not None,
+                clock,
             ),
             name=f"pgflow-process-{next(self._numbers)}",
             # Not daemonic, so handlers may start processes of their own; the atexit hook
@@ -320,7 +378,7 @@ class ProcessExecutor(Executor):
         )
         process.start()
         child_end.close()
-        return _Child(process, parent_end)
+        return _Child(process, parent_end, clock)
 
     def _stop_manager(self) -> None:
         # The manager was woken by _abandon_all(): it tears the children down and exits.
@@ -336,7 +394,9 @@ class ProcessExecutor(Executor):
             logger.exception("the process executor's manager thread failed; it stops")
             with self._lock:
                 self._accepting = False
-                lost = [(c.job, c.on_done) for c in self._children if c.job and c.on_done]
+                lost = list(self._backlog)
+                for child in self._children:
+                    lost.extend(child.assigned.values())
                 self._abandon_all()
             for job, on_done in lost:
                 message = f"the process executor failed: {type(exc).__name__}: {exc}"
@@ -345,13 +405,15 @@ class ProcessExecutor(Executor):
             self._tear_down()
 
     def _manage_once(self) -> bool:
-        """One round: act on deadlines, then wait for messages, exits or the next deadline."""
+        """One round: hand out jobs, act on deadlines, then wait for messages, exits or the next
+        deadline."""
         now = time.monotonic()
         expired: list[_Child] = []
         to_kill: list[_Child] = []
         with self._lock:
             if self._stopping:
                 return False
+            chunks = self._take_chunks()
             soonest = math.inf
             for child in self._children:
                 if child.kill_at is not None:
@@ -360,15 +422,20 @@ class ProcessExecutor(Executor):
                         child.kill_at = math.inf  # killed below; now only its exit is awaited
                     else:
                         soonest = min(soonest, child.kill_at)
-                elif child.deadline is not None:
-                    if child.deadline <= now:
-                        expired.append(child)
-                    else:
-                        soonest = min(soonest, child.deadline)
+                    continue
+                deadline = self._deadline(child, now)
+                if deadline is None:
+                    continue
+                if deadline <= now:
+                    expired.append(child)
+                else:
+                    soonest = min(soonest, deadline)
             if self._restarts_due:
                 soonest = min(soonest, self._restart_at)
             self._next_check = -math.inf if expired or to_kill else soonest
             children = list(self._children)
+        for child, jobs in chunks:
+            self._send_jobs(child, jobs)
         for child in to_kill:
             child.process.kill()
         for child in expired:
@@ -394,6 +461,39 @@ class ProcessExecutor(Executor):
                 self._child_exited(child)
         return True
 
+    def _deadline(self, child: _Child, now: float) -> float | None:
+        """When the job the child runs (or starts next) times out, at the earliest; with the
+        lock held. A job not started yet cannot time out before now + its timeout: the manager
+        looks again then."""
+        first = next(iter(child.assigned.values()), None)
+        if first is None or first[0].timeout is None:
+            return None
+        timeout = first[0].timeout
+        running = child.running()
+        if running is None:
+            return now + timeout
+        return running[1] + timeout
+
+    def _send_jobs(self, child: _Child, jobs: list[tuple[int, Job]]) -> None:
+        """Send a chunk of jobs, each pickled on its own, so one that cannot be pickled fails
+        alone (and one the child cannot unpickle fails there, as that job's result)."""
+        payload: list[tuple[int, bytes]] = []
+        for seq, job in jobs:
+            try:
+                payload.append((seq, pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)))
+            except Exception as exc:
+                self._finish(
+                    child,
+                    seq,
+                    JobResult.failure(
+                        job.key,
+                        type(exc).__name__,
+                        f"the job could not be sent to a worker process: {exc}",
+                    ),
+                )
+        if payload:
+            child.send((_JOBS, payload))  # a child gone meanwhile gives its jobs back at exit
+
     def _receive(self, child: _Child) -> None:
         while True:
             try:
@@ -403,58 +503,75 @@ class ProcessExecutor(Executor):
             except (EOFError, OSError):
                 child.eof = True
                 return
-            except Exception as exc:
-                # Pickled fine in the child but cannot be rebuilt here (a class only the child
-                # can import, say). With one job per child, it was that job's result.
-                self._finish(
-                    child,
-                    JobResult.failure(
-                        child.job.key if child.job is not None else None,
-                        type(exc).__name__,
-                        f"the handler's result could not be received from its worker process: "
-                        f"{exc}; return JSON-like values",
-                    ),
-                )
-                continue
             kind = message[0]
-            if kind == _RESULT:
-                self._finish(child, message[1])
+            if kind == _DONE:
+                _, seq, seconds, payload = message
+                self._finish(child, seq, self._load_result(child, seq, payload), seconds)
             elif kind == _LOG:
                 self._forward_log(message[1])
             elif kind == _FLOW_INPUT:
                 self._answer_flow_input(child, message[1])
             elif kind == _READY:
-                self._on_ready(child)
+                with self._lock:
+                    child.ready = True
+                    self._startup_failures = 0
 
-    def _on_ready(self, child: _Child) -> None:
-        with self._lock:
-            child.ready = True
-            self._startup_failures = 0
-            if child.job is not None and child.job.timeout is not None:
-                child.deadline = time.monotonic() + child.job.timeout
+    def _load_result(self, child: _Child, seq: int, payload: bytes) -> JobResult:
+        try:
+            result = pickle.loads(payload)
+        except Exception as exc:
+            # Pickled fine in the child but cannot be rebuilt here (a class only the child can
+            # import, say).
+            with self._lock:
+                entry = child.assigned.get(seq)
+            return JobResult.failure(
+                entry[0].key if entry else None,
+                type(exc).__name__,
+                f"the handler's result could not be received from its worker process: {exc}; "
+                "return JSON-like values",
+            )
+        assert isinstance(result, JobResult)
+        return result
 
-    def _finish(self, child: _Child, result: JobResult) -> None:
+    def _finish(
+        self, child: _Child, seq: int, result: JobResult, seconds: float | None = None
+    ) -> None:
         with self._lock:
-            on_done = child.on_done
-            child.job = child.on_done = None
-            child.deadline = None
-            if on_done is None:
+            entry = child.assigned.pop(seq, None)
+            if entry is None:
                 return  # given back by shutdown, or already timed out
-            if child.kill_at is None:
-                self._idle.append(child)
+            if result.key is None:  # the child could not even read the job
+                result = dataclasses.replace(result, key=entry[0].key)
+            self._outstanding -= 1
+            if seconds is not None:
+                self._job_seconds = (
+                    seconds
+                    if self._job_seconds is None
+                    else self._job_seconds + _PACE_WEIGHT * (seconds - self._job_seconds)
+                )
             self._job_left.notify_all()
-        deliver(on_done, result)
+        deliver(entry[1], result)
+
+    def _requeue(self, entries: Iterable[tuple[Job, OnDone]]) -> None:
+        """Jobs a child was given but never started go back to the front of the backlog."""
+        self._backlog.extendleft(reversed(list(entries)))
 
     def _time_out(self, child: _Child) -> None:
         with self._lock:
-            job, on_done = child.job, child.on_done
-            if job is None or on_done is None or child.deadline is None:
+            running = child.running()
+            if running is None or child.kill_at is not None:
                 return
-            child.job = child.on_done = None
-            child.deadline = None
+            seq, started = running
+            job, on_done = child.assigned.pop(seq)
+            assert job.timeout is not None  # only jobs with a timeout get a deadline
+            if time.monotonic() < started + job.timeout:
+                child.assigned = {seq: (job, on_done), **child.assigned}
+                return
+            self._outstanding -= 1
+            self._requeue(child.assigned.values())
+            child.assigned.clear()
             child.kill_at = time.monotonic() + _KILL_AFTER
             self._job_left.notify_all()
-        assert job.timeout is not None  # only jobs with a timeout get a deadline
         child.process.terminate()
         logger.warning(
             "%s.%s task %d of run %s exceeded its timeout of %gs: the attempt is failed and its "
@@ -471,28 +588,33 @@ class ProcessExecutor(Executor):
 
     def _child_exited(self, child: _Child) -> None:
         child.process.join(_KILL_AFTER)
+        # results the child sent before it died count
+        if not child.eof:
+            self._receive(child)
         with self._lock:
             if child not in self._children:
                 return
             self._children.remove(child)
-            if child in self._idle:
-                self._idle.remove(child)
-            job, on_done = child.job, child.on_done
-            child.job = child.on_done = None
+            running = child.running()
+            lost: tuple[Job, OnDone] | None = None
+            if running is not None:
+                lost = child.assigned.pop(running[0])
+                self._outstanding -= 1
+            self._requeue(child.assigned.values())
+            child.assigned.clear()
             replaced = child.kill_at is not None
-            if job is not None:
-                self._job_left.notify_all()
+            self._job_left.notify_all()
         child.conn.close()
         description = _describe_exit(child.process.exitcode)
-        if job is not None and on_done is not None:
-            phase = "running the handler" if child.ready else "starting"
+        if lost is not None:
+            job, on_done = lost
             deliver(
                 on_done,
                 JobResult.failure(
                     job.key,
                     "WorkerProcessDied",
-                    f"the worker process (pid {child.process.pid}) {description} while {phase}; "
-                    "a new process replaces it",
+                    f"the worker process (pid {child.process.pid}) {description} while running "
+                    "the handler; a new process replaces it",
                 ),
             )
         if replaced:
@@ -538,7 +660,6 @@ class ProcessExecutor(Executor):
                 return
             with self._lock:
                 self._children.append(child)
-                self._idle.append(child)
 
     def _forward_log(self, record: logging.LogRecord) -> None:
         target = logging.getLogger(record.name)
@@ -568,7 +689,6 @@ class ProcessExecutor(Executor):
         with self._lock:
             children = list(self._children)
             self._children.clear()
-            self._idle.clear()
             killing = self._killing
         for child in children:
             if killing:
@@ -614,46 +734,83 @@ class _ForwardLogs(logging.Handler):
 
 
 class _ChildRuntime:
-    """State of one child process: its connection to the worker and the steps it loaded."""
+    """State of one child process: its connection to the worker, the jobs it was given and the
+    steps it loaded.
 
-    def __init__(self, conn: Connection, shutdown: ShutdownSignal, has_loader: bool) -> None:
+    A receiver thread reads the pipe all the time (jobs into a queue, answers to flow-input
+    requests into another), so the worker's writes never wait for a handler to finish; the main
+    thread runs the jobs one after another and sends each result as soon as it has it.
+    """
+
+    def __init__(
+        self, conn: Connection, shutdown: ShutdownSignal, has_loader: bool, clock: Any
+    ) -> None:
         self._conn = conn
         self._send_lock = threading.Lock()
         # Handler threads may read flow inputs at the same time: one request/answer at a time.
         self._request_lock = threading.Lock()
         self._shutdown = shutdown
         self._has_loader = has_loader
+        self._clock = clock
         self._steps: dict[tuple[str, str], RunnableStep] = {}
+        self._jobs: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
 
     def send(self, message: object) -> None:
         with self._send_lock:
             self._conn.send(message)
 
+    def _read_pipe(self) -> None:
+        try:
+            while True:
+                message = self._conn.recv()
+                if message is None:
+                    break
+                if message[0] == _JOBS:
+                    for item in message[1]:
+                        self._jobs.put(item)
+                elif message[0] == _FLOW_INPUT:
+                    self._answers.put((message[1], message[2]))
+        except (EOFError, OSError):
+            pass  # the worker is gone
+        finally:
+            self._jobs.put(None)
+            self._answers.put((False, "the worker closed the connection"))
+
     def serve(self) -> None:
+        threading.Thread(target=self._read_pipe, name="pgflow-child-receiver", daemon=True).start()
         self.send((_READY,))
         while True:
-            try:
-                message = self._conn.recv()
-            except (EOFError, OSError):
-                return  # the worker is gone
-            if message is None:
+            item = self._jobs.get()
+            if item is None:
                 return
-            _, job = message
-            self._report(self._run(job))
+            seq, data = item
+            started = time.monotonic()
+            # the start first, then the job's number: the manager reads them the other way round
+            self._clock[_CLOCK_STARTED] = started
+            self._clock[_CLOCK_SEQ] = seq
+            result = self._run(data)
+            self._report(seq, time.monotonic() - started, result)
 
-    def _run(self, job: Job) -> JobResult:
+    def _run(self, data: bytes) -> JobResult:
+        try:
+            job = pickle.loads(data)
+        except Exception as exc:
+            return JobResult.failure(
+                None,
+                type(exc).__name__,
+                f"the job could not be received by its worker process: {exc}",
+            )
         loader = self._fetch_flow_input if self._has_loader else None
         ctx = make_context(job, self._shutdown, loader)
         return run_job(job, lambda: self._resolve(job), ctx)
 
-    def _report(self, result: JobResult) -> None:
+    def _report(self, seq: int, seconds: float, result: JobResult) -> None:
         try:
-            self.send((_RESULT, result))
-        except (OSError, ValueError):
-            raise  # the connection is gone, not the output
+            payload = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
-            # Pickling failed before anything was written, so the stream is still intact.
-            self.send((_RESULT, _unsendable_output(result.key, exc)))
+            payload = pickle.dumps(_unsendable_output(result.key, exc))
+        self.send((_DONE, seq, seconds, payload))
 
     def _resolve(self, job: Job) -> RunnableStep:
         if job.flow_ref is None:
@@ -672,7 +829,7 @@ class _ChildRuntime:
     def _fetch_flow_input(self, run_id: str) -> Any:
         with self._request_lock:
             self.send((_FLOW_INPUT, run_id))
-            _, ok, value = self._conn.recv()
+            ok, value = self._answers.get()
         if not ok:
             raise ExecutorError(f"the flow input of run {run_id} could not be fetched: {value}")
         return value
@@ -688,12 +845,12 @@ def _unsendable_output(key: Hashable, exc: Exception) -> JobResult:
 
 
 def _child_main(
-    conn: Connection, shutdown: ShutdownSignal, log_level: int, has_loader: bool
+    conn: Connection, shutdown: ShutdownSignal, log_level: int, has_loader: bool, clock: Any
 ) -> None:
     """Entry point of a child process (must stay importable at module level for spawn)."""
     # Ctrl-C in a terminal signals the whole process group; the worker alone decides to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    runtime = _ChildRuntime(conn, shutdown, has_loader)
+    runtime = _ChildRuntime(conn, shutdown, has_loader, clock)
     root = logging.getLogger()
     root.handlers[:] = [_ForwardLogs(runtime.send)]
     root.setLevel(log_level)

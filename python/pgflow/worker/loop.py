@@ -2,11 +2,15 @@
 
 One loop thread owns the database connection. Each turn it reports every result that has come
 in (one batched call: results that arrive while a call is in flight ride along on the next one),
-then refills the executor's free slots with one claim. A report carries an offer of free slots
-(set aside until it is answered), so the tasks its results made ready come back claimed with the
-acknowledgement: a hop from one step to the next costs one round trip. It sleeps only when there is nothing to
-report and nothing to claim, and wakes on a result, a NOTIFY from the listener, or the poll
-timer. Heartbeats, deprecation checks and stalled-task recovery run on timers in the same loop.
+starts waiting tasks on the executor's free slots, then claims with one call. A claim may take
+more than the free slots (prefetch, bounded by `WorkerOptions.prefetch` and by about a second of
+work), so claims stay batched when the executor has few slots; waiting tasks get their timeout
+renewed when they wait long, and are given back at once when the worker stops. A report carries
+an offer of free slots (set aside until it is answered), so the tasks its results made ready
+come back claimed with the acknowledgement: a hop from one step to the next costs one round
+trip. It sleeps only when there is nothing to report, start or claim, and wakes on a result, a
+NOTIFY from the listener, or the poll timer. Heartbeats, deprecation checks and stalled-task
+recovery run on timers in the same loop.
 
 Nothing is lost when things go wrong: a handler error fails the task (and the SQL retries it);
 a lost connection is reopened with backoff while results wait in memory; a worker killed
@@ -76,6 +80,19 @@ logger = logging.getLogger("pgflow.worker")
 # every report claims).
 OFFER_BATCH_LIMIT = 16
 
+# Prefetched tasks (claimed, waiting for a free slot) are held for at most about this many
+# seconds of work at the pace the worker measures, so a slow handler does not make a worker
+# hoard tasks that an idle worker could run.
+PREFETCH_HORIZON = 1.0
+# A claim hides a task's message for its step's timeout + 2 s. A prefetched task that has waited
+# this long gets its whole timeout again (pgflow.extend_tasks), before the margin runs out.
+EXTEND_AFTER = 1.0
+# The inline executor runs queued tasks on the loop's own thread: after this many seconds, the
+# loop reports what has finished before it starts more.
+START_BUDGET = 0.05
+# weight of the newest handler duration in the running average the prefetch bound uses
+_PACE_WEIGHT = 0.2
+
 
 @dataclass
 class WorkerStats:
@@ -86,6 +103,11 @@ class WorkerStats:
     reports: int = 0
     # tasks that came back claimed with the acknowledgement of a report
     claimed_on_report: int = 0
+    # prefetched tasks that waited long enough to have their timeout renewed, or were given back
+    extended: int = 0
+    released: int = 0
+    # the most tasks one claim took
+    largest_claim: int = 0
 
 
 class Worker:
@@ -123,7 +145,7 @@ class Worker:
         opts = self.options
 
         # an eighth of what one claim may take, so refills stay prompt but not tiny
-        self._min_claim = max(1, min(opts.claim_size, opts.concurrency) // 8)
+        self._min_claim = max(1, min(opts.claim_size, opts.concurrency + opts.prefetch) // 8)
         self.source: TaskSource = PerTaskSource() if opts.per_task else BatchedSource()
         self.sink: ResultSink = PerTaskSink() if opts.per_task else BatchedSink()
         self.worker_ids = {slug: uuid.uuid4() for slug in self.flows}
@@ -143,8 +165,13 @@ class Worker:
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._started = threading.Event()
-        # (run_id, step_slug, task_index) -> (flow slug, task) of every job the executor runs
-        self._in_flight: dict[tuple[str, str, int], tuple[str, ClaimedTask]] = {}
+        # (run_id, step_slug, task_index) -> (flow slug, task, start) of every job the executor
+        # runs
+        self._in_flight: dict[tuple[str, str, int], tuple[str, ClaimedTask, float]] = {}
+        # prefetched: (flow slug, task, when claimed or last extended), waiting for a free slot
+        self._queued: collections.deque[tuple[str, ClaimedTask, float]] = collections.deque()
+        # running average of a handler's duration in seconds (None until one has finished)
+        self._job_seconds: float | None = None
         self._run_inputs = RunInputCache(self._fetch_run_input)
         self._input_lock = threading.Lock()
         self._input_conn: psycopg.Connection[Any] | None = None
@@ -242,21 +269,27 @@ class Worker:
             self._take_handbacks()
             if self._collect():
                 self._flush()
+            self._start_queued()
             if self._flushed.is_set():
                 self._flushed.clear()
                 more_work = True  # completions may have made new tasks ready
-            free = self._executor.free_slots() - self._reserved
+            free = self._executor.free_slots()
+            prefetch = self._prefetch_limit()
+            room = max(0, free - self._reserved - len(self._queued))
+            room += max(0, prefetch - len(self._queued))
             # A claim costs a round trip whatever its size: while plenty of tasks are still
-            # running, let a few slots free up first instead of claiming them one at a time.
-            worth_claiming = free >= self._min_claim or not self._in_flight
-            if free > 0 and worth_claiming and (more_work or notified or now >= next_poll):
-                want = min(free, self.options.claim_size)
+            # running or waiting, let a few slots free up (or half the prefetch drain) first
+            # instead of claiming them a few at a time.
+            idle = not self._in_flight and not self._queued
+            worth_claiming = room >= max(self._min_claim, prefetch // 2) or idle
+            if room > 0 and worth_claiming and (more_work or notified or now >= next_poll):
+                want = min(room, self.options.claim_size)
                 claimed = self._db(functools.partial(self._claim, want)) or 0
                 next_poll = time.monotonic() + self._poll_interval()
-                more_work = claimed >= min(free, self.options.claim_size)
+                more_work = claimed >= want
                 if claimed:
                     continue
-            if self._results or self._handbacks:
+            if self._results or self._handbacks or (self._queued and free > 0):
                 continue
             timeout = (
                 max(0.0, next_poll - time.monotonic()) if free > 0 else self.options.poll_interval
@@ -284,15 +317,17 @@ class Worker:
             self.options.shutdown_grace,
         )
         deadline = time.monotonic() + self.options.shutdown_grace
+        self._release_queued()  # prefetched tasks go back at once, for other workers
         while (
             (self._in_flight or self._reserved)
             and time.monotonic() < deadline
             and self._signals < 2
         ):
-            # tasks claimed by a report in flight are claims like any other: run them
+            # tasks claimed by a report in flight are given back like the other waiting ones
             self._take_handbacks()
             if self._collect():
                 self._flush()
+            self._release_queued()
             self._wake.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             self._wake.clear()
         unfinished = self._executor.shutdown(grace=0 if self._signals >= 2 else 1.0)
@@ -450,6 +485,7 @@ class Worker:
                     self._conn, self.flows[slug], self.worker_ids[slug], qty - total
                 )
             self.stats.claims += 1
+            self.stats.largest_claim = max(self.stats.largest_claim, len(tasks))
             if run_inputs:
                 self._run_inputs.offer(run_inputs)
             for task in tasks:
@@ -466,8 +502,6 @@ class Worker:
         return slugs
 
     def _submit(self, flow_slug: str, task: ClaimedTask) -> None:
-        assert self._executor is not None
-        key = (task.run_id, task.step_slug, task.task_index)
         if task.input_error is not None:
             self._pending.append(
                 Outcome(
@@ -481,6 +515,83 @@ class Worker:
             )
             self._wake.set()
             return
+        self._queued.append((flow_slug, task, time.monotonic()))
+
+    def _start_queued(self) -> None:
+        """Start waiting tasks while the executor has free slots (renewing the timeout of those
+        that waited long first)."""
+        assert self._executor is not None
+        if not self._queued or self._executor.free_slots() <= 0:
+            return
+        began = time.monotonic()
+        if began - self._queued[0][2] >= EXTEND_AFTER:
+            self._extend_waiting(began)
+        while self._queued and self._executor.free_slots() > 0:
+            if self._stopping.is_set():
+                return  # waiting tasks are given back, not started
+            if self._results and time.monotonic() - began >= START_BUDGET:
+                self._wake.set()  # the inline executor: report what is done, then go on
+                return
+            flow_slug, task, _ = self._queued.popleft()
+            self._start(flow_slug, task)
+
+    def _extend_waiting(self, now: float) -> None:
+        """Renew the hide and timeout of every task that has waited `EXTEND_AFTER` or more."""
+        late: dict[str, list[session.TaskRef]] = collections.defaultdict(list)
+        kept: collections.deque[tuple[str, ClaimedTask, float]] = collections.deque()
+        for flow_slug, task, since in self._queued:
+            if now - since >= EXTEND_AFTER:
+                late[flow_slug].append(_task_ref(task))
+                since = now
+            kept.append((flow_slug, task, since))
+        self._queued = kept
+        for flow_slug, refs in late.items():
+            self.stats.extended += (
+                self._db(functools.partial(self._on_tasks, session.extend_tasks, flow_slug, refs))
+                or 0
+            )
+
+    def _release_queued(self) -> None:
+        """Give back every prefetched task (stopping): other workers may run them at once."""
+        if not self._queued:
+            return
+        waiting: dict[str, list[session.TaskRef]] = collections.defaultdict(list)
+        for flow_slug, task, _ in self._queued:
+            waiting[flow_slug].append(_task_ref(task))
+        self._queued.clear()
+        for flow_slug, refs in waiting.items():
+            released = (
+                self._db(functools.partial(self._on_tasks, session.release_tasks, flow_slug, refs))
+                or 0
+            )
+            self.stats.released += released
+            logger.info("gave back %d prefetched task(s) of flow %s", released, flow_slug)
+
+    def _on_tasks(
+        self,
+        action: Callable[[psycopg.Connection[Any], str, uuid.UUID, list[session.TaskRef]], int],
+        flow_slug: str,
+        tasks: list[session.TaskRef],
+    ) -> int:
+        assert self._conn is not None
+        return action(self._conn, flow_slug, self.worker_ids[flow_slug], tasks)
+
+    def _prefetch_limit(self) -> int:
+        """How many tasks may wait for a slot: at most `prefetch`, and at most about
+        `PREFETCH_HORIZON` seconds of work at the measured pace (before any measurement, no
+        more than the executor's slots)."""
+        assert self._executor is not None
+        cap = self.options.prefetch
+        if cap <= 0 or self._stopping.is_set():
+            return 0
+        slots = self._executor.concurrency
+        if self._job_seconds is None:
+            return min(cap, slots)
+        return min(cap, int(slots * PREFETCH_HORIZON / max(self._job_seconds, 1e-6)))
+
+    def _start(self, flow_slug: str, task: ClaimedTask) -> None:
+        assert self._executor is not None
+        key = (task.run_id, task.step_slug, task.task_index)
         step = self.flows[flow_slug].get_step(task.step_slug)
         job = Job(
             key=key,
@@ -493,7 +604,7 @@ class Worker:
             timeout=float(step.effective_timeout),
             flow_ref=self.flow_refs[flow_slug],
         )
-        self._in_flight[key] = (flow_slug, task)
+        self._in_flight[key] = (flow_slug, task, time.monotonic())
         self._executor.submit(job, self._on_done)
 
     def _on_done(self, result: JobResult) -> None:
@@ -503,12 +614,19 @@ class Worker:
 
     def _collect(self) -> bool:
         """Move finished jobs to the pending reports; True when there is something to report."""
+        now = time.monotonic()
         while self._results:
             result = self._results.popleft()
             key = result.key
             assert isinstance(key, tuple)
             run_id, step_slug, task_index = key
-            flow_slug, task = self._in_flight.pop(key, (None, None))
+            flow_slug, task, started = self._in_flight.pop(key, (None, None, now))
+            took = now - started
+            self._job_seconds = (
+                took
+                if self._job_seconds is None
+                else self._job_seconds + _PACE_WEIGHT * (took - self._job_seconds)
+            )
             outcome = Outcome(
                 run_id, step_slug, task_index, task.attempt if task else None, flow_slug=flow_slug
             )
@@ -556,7 +674,10 @@ class Worker:
         flow_slug = batch[0].flow_slug
         if flow_slug is None or any(o.flow_slug != flow_slug for o in batch):
             return None
-        free = min(self._executor.free_slots() - self._reserved, self.options.claim_size)
+        free = min(
+            self._executor.free_slots() - self._reserved - len(self._queued),
+            self.options.claim_size,
+        )
         if free <= 0:
             return None
         return ClaimOffer(flow_slug, self.worker_ids[flow_slug], free)
@@ -651,6 +772,10 @@ class Worker:
                 signal.signal(sig, handler)
 
         return restore
+
+
+def _task_ref(task: ClaimedTask) -> session.TaskRef:
+    return (task.run_id, task.step_slug, task.task_index, task.attempt)
 
 
 def _import_path(flow: Flow) -> str | None:

@@ -22,7 +22,13 @@ class WorkerOptions:
         executor: which executor runs the handlers: thread, process, asyncio, inline, or a
             plugin's.
         concurrency: handlers running at once.
-        batch_size: tasks claimed per round trip (None: as many as `concurrency`).
+        batch_size: tasks claimed per round trip (None: `concurrency` or `prefetch`, whichever
+            is larger).
+        prefetch: the most claimed tasks the worker holds that wait for a free slot, so that
+            claims stay batched however few slots the executor has. Fewer when handlers are
+            slow: the worker holds only what its slots will start within about a second at the
+            pace it measures (and before it has measured, no more than `concurrency`), so an
+            idle worker is never kept from work another one hoards. 0 turns it off.
         per_task: claim and report with the contract's per-task functions only (slower).
         allow_data_loss: replace a flow whose shape changed, deleting its runs (owner only).
         poll_interval: seconds between polls when no NOTIFY arrives.
@@ -36,6 +42,7 @@ class WorkerOptions:
     executor: str = "thread"
     concurrency: int = 10
     batch_size: int | None = None
+    prefetch: int = 64
     per_task: bool = False
     allow_data_loss: bool = False
     poll_interval: float = 1.0
@@ -48,6 +55,8 @@ class WorkerOptions:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ConfigError(f"concurrency must be 1 or more, got {self.concurrency}")
+        if self.prefetch < 0:
+            raise ConfigError(f"prefetch must be 0 or more, got {self.prefetch}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"batch size must be 1 or more, got {self.batch_size}")
         for name in ("poll_interval", "heartbeat_interval", "requeue_interval", "max_backoff"):
@@ -62,7 +71,7 @@ class WorkerOptions:
     @property
     def claim_size(self) -> int:
         """The most tasks one claim asks for."""
-        return self.batch_size or self.concurrency
+        return self.batch_size or max(self.concurrency, self.prefetch)
 
     def replace(self, **changes: Any) -> WorkerOptions:
         """A copy with `changes` applied; an unknown name raises `ConfigError` listing the
@@ -94,6 +103,7 @@ CLI_FLAGS: Final[dict[str, str]] = {
     "executor": "--executor",
     "concurrency": "--concurrency",
     "batch_size": "--batch-size",
+    "prefetch": "--prefetch",
     "per_task": "--per-task",
     "allow_data_loss": "--allow-data-loss",
     "poll_interval": "--poll-interval",

@@ -1,5 +1,6 @@
 """The worker's own statements, apart from claiming and reporting: compile its flows, register,
-heartbeat, sweep for stalled tasks, read a run's input, and mark itself stopped."""
+heartbeat, sweep for stalled tasks, extend or give back prefetched tasks, read a run's input,
+and mark itself stopped."""
 
 from __future__ import annotations
 
@@ -65,6 +66,39 @@ def requeue_stalled(conn: Conn) -> tuple[int, int]:
             "select count(*) from pgflow.step_tasks where permanently_stalled_at = now()"
         ).fetchone()
     return (int(requeued[0]) if requeued else 0), (int(stalled[0]) if stalled else 0)
+
+
+# (run_id, step_slug, task_index, attempt) of a claimed task
+TaskRef = tuple[str, str, int, int]
+
+
+def _task_arrays(tasks: list[TaskRef]) -> tuple[list[str], list[str], list[int], list[int]]:
+    return (
+        [t[0] for t in tasks],
+        [t[1] for t in tasks],
+        [t[2] for t in tasks],
+        [t[3] for t in tasks],
+    )
+
+
+def extend_tasks(conn: Conn, flow_slug: str, worker_id: UUID, tasks: list[TaskRef]) -> int:
+    """Give prefetched tasks that start late their whole timeout from now; how many were
+    still this worker's to extend."""
+    row = conn.execute(
+        "select pgflow.extend_tasks(%s, %s, %s::uuid[], %s::text[], %s::int[], %s::int[])",
+        (flow_slug, worker_id, *_task_arrays(tasks)),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def release_tasks(conn: Conn, flow_slug: str, worker_id: UUID, tasks: list[TaskRef]) -> int:
+    """Give back claimed tasks that never started (their attempt is not counted); how many were
+    still this worker's to give back."""
+    row = conn.execute(
+        "select pgflow.release_tasks(%s, %s, %s::uuid[], %s::text[], %s::int[], %s::int[])",
+        (flow_slug, worker_id, *_task_arrays(tasks)),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def run_input(conn: Conn, run_id: str) -> str | None:

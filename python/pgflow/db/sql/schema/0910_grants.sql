@@ -43,6 +43,10 @@ begin
     grant execute on function pgflow.report_tasks(uuid[], text[], int[], jsonb, text[], int[]) to pgflow_worker;
     grant execute on function pgflow.report_and_claim(text, uuid, int, uuid[], text[], int[], jsonb, text[], int[], int)
       to pgflow_worker;
+    grant execute on function pgflow.extend_tasks(text, uuid, uuid[], text[], int[], int[])
+      to pgflow_worker;
+    grant execute on function pgflow.release_tasks(text, uuid, uuid[], text[], int[], int[])
+      to pgflow_worker;
     grant execute on function pgflow.register_worker(uuid, text, text) to pgflow_worker;
     grant execute on function pgflow.send_heartbeat(uuid) to pgflow_worker;
     grant execute on function pgflow.mark_worker_stopped(uuid) to pgflow_worker;
