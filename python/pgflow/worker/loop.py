@@ -90,6 +90,12 @@ EXTEND_AFTER = 1.0
 # The inline executor runs queued tasks on the loop's own thread: after this many seconds, the
 # loop reports what has finished before it starts more.
 START_BUDGET = 0.05
+# A report costs a round trip and a durable commit. While at least this many tasks are still
+# running, results keep coming: the loop lets up to this many gather before it reports...
+REPORT_GATHER = 16
+# ...but holds none longer than this many seconds (a chain's hop, with nothing else running, is
+# reported at once).
+REPORT_HOLD = 0.02
 # weight of the newest handler duration in the running average the prefetch bound uses
 _PACE_WEIGHT = 0.2
 
@@ -153,6 +159,7 @@ class Worker:
 
         self._results: collections.deque[JobResult] = collections.deque()
         self._pending: list[Outcome] = []
+        self._pending_since = 0.0  # when the oldest pending result came in
         # slots offered to reports not answered yet (the loop thread's alone), and the answers
         self._reserved = 0
         self._handbacks: collections.deque[
@@ -267,7 +274,7 @@ class Worker:
                 self._db(self._requeue_stalled)
                 next_requeue = now + self.options.requeue_interval
             self._take_handbacks()
-            if self._collect():
+            if self._collect() and self._report_due():
                 self._flush()
             self._start_queued()
             if self._flushed.is_set():
@@ -295,6 +302,10 @@ class Worker:
                 max(0.0, next_poll - time.monotonic()) if free > 0 else self.options.poll_interval
             )
             timeout = min(timeout, max(0.0, next_heartbeat - time.monotonic()))
+            if self._pending:  # held results: report them in time
+                timeout = min(
+                    timeout, max(0.0, self._pending_since + REPORT_HOLD - time.monotonic())
+                )
             self._wake.wait(timeout)
 
     def _on_notify(self) -> None:
@@ -615,6 +626,8 @@ class Worker:
     def _collect(self) -> bool:
         """Move finished jobs to the pending reports; True when there is something to report."""
         now = time.monotonic()
+        if self._results and not self._pending:
+            self._pending_since = now
         while self._results:
             result = self._results.popleft()
             key = result.key
@@ -655,6 +668,15 @@ class Worker:
                 outcome.error = error_text(result.error_type, result.error_message)
             self._pending.append(outcome)
         return bool(self._pending)
+
+    def _report_due(self) -> bool:
+        """Whether to report the pending results now, or let more gather first."""
+        return (
+            len(self._pending) >= REPORT_GATHER
+            or len(self._in_flight) < REPORT_GATHER
+            or time.monotonic() - self._pending_since >= REPORT_HOLD
+            or self._stopping.is_set()
+        )
 
     def _flush(self) -> None:
         assert self._reporter is not None
