@@ -97,7 +97,7 @@ REPORT_GATHER = 16
 # reported at once).
 REPORT_HOLD = 0.02
 # weight of the newest handler duration in the running average the prefetch bound uses
-_PACE_WEIGHT = 0.2
+_PACE_WEIGHT = 0.5
 
 
 @dataclass
@@ -260,6 +260,7 @@ class Worker:
         next_requeue = time.monotonic()
         next_poll = 0.0
         more_work = True
+        dry = False  # the last claim found nothing
         while not self._stopping.is_set():
             # a NOTIFY means there may be tasks to claim (results wake us too, but say nothing
             # about the queue); remember it before clearing
@@ -279,7 +280,9 @@ class Worker:
             self._start_queued()
             if self._flushed.is_set():
                 self._flushed.clear()
-                more_work = True  # completions may have made new tasks ready
+                # completions may have made new tasks ready; after a claim that found nothing,
+                # only their NOTIFY says so (a map's tasks make nothing ready until the last)
+                more_work = more_work or not dry
             free = self._executor.free_slots()
             prefetch = self._prefetch_limit()
             room = max(0, free - self._reserved - len(self._queued))
@@ -294,6 +297,7 @@ class Worker:
                 claimed = self._db(functools.partial(self._claim, want)) or 0
                 next_poll = time.monotonic() + self._poll_interval()
                 more_work = claimed >= want
+                dry = claimed == 0
                 if claimed:
                     continue
             if self._results or self._handbacks or (self._queued and free > 0):

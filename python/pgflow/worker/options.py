@@ -42,7 +42,7 @@ class WorkerOptions:
     executor: str = "thread"
     concurrency: int = 10
     batch_size: int | None = None
-    prefetch: int = 64
+    prefetch: int = 256
     per_task: bool = False
     allow_data_loss: bool = False
     poll_interval: float = 1.0
