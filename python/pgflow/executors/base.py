@@ -37,6 +37,7 @@ __all__ = [
     "Job",
     "JobResult",
     "OnDone",
+    "Pace",
     "RunnableStep",
     "StepResolver",
     "deliver",
@@ -117,6 +118,24 @@ class JobResult:
             error_message=f"the handler exceeded its timeout of {seconds:g}s",
             timed_out=True,
         )
+
+
+class Pace:
+    """A running average of how long a job takes, in seconds (None until one has finished);
+    `weight` is the share of the newest duration. What sizes the worker's prefetch and the
+    process executor's per-child queues."""
+
+    __slots__ = ("seconds", "weight")
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+        self.seconds: float | None = None
+
+    def add(self, seconds: float) -> None:
+        if self.seconds is None:
+            self.seconds = seconds
+        else:
+            self.seconds += self.weight * (seconds - self.seconds)
 
 
 class RunnableStep(Protocol):

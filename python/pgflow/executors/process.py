@@ -58,6 +58,7 @@ from pgflow.executors.base import (
     Job,
     JobResult,
     OnDone,
+    Pace,
     RunnableStep,
     deliver,
     logger,
@@ -196,8 +197,8 @@ class ProcessExecutor(Executor):
         self._seqs = itertools.count(1)
         self._numbers = itertools.count(1)
         self._shutdown_signal = _SharedFlag(self._mp)
-        # running average of a job's duration in a child, which sizes the children's queues
-        self._job_seconds: float | None = None
+        # how long a job takes in a child, which sizes the children's queues
+        self._pace = Pace(_PACE_WEIGHT)
         # A pipe that wakes the manager from its wait; created by start().
         self._wake_read = self._wake_write = -1
         self._manager: threading.Thread | None = None
@@ -316,9 +317,9 @@ class ProcessExecutor(Executor):
 
     def _queue_length(self) -> int:
         """How many jobs a child may hold: about `_CHILD_QUEUE_SECONDS` of work."""
-        if self._job_seconds is None:
+        if self._pace.seconds is None:
             return 1
-        wanted = int(_CHILD_QUEUE_SECONDS / max(self._job_seconds, 1e-6))
+        wanted = int(_CHILD_QUEUE_SECONDS / max(self._pace.seconds, 1e-6))
         return max(1, min(_MAX_CHILD_QUEUE, wanted))
 
     def _take_chunks(self) -> list[tuple[_Child, list[tuple[int, Job]]]]:
@@ -329,7 +330,7 @@ class ProcessExecutor(Executor):
         now = time.monotonic()
         # a job that runs far longer than the pace says may run for long yet: queue nothing
         # behind it (other children, or its own when it is done, take the backlog)
-        slow_after = max(4 * (self._job_seconds or 0.0), 0.005)
+        slow_after = max(4 * (self._pace.seconds or 0.0), 0.005)
         ready = [
             c
             for c in self._children
@@ -544,11 +545,7 @@ class ProcessExecutor(Executor):
                 result = dataclasses.replace(result, key=entry[0].key)
             self._outstanding -= 1
             if seconds is not None:
-                self._job_seconds = (
-                    seconds
-                    if self._job_seconds is None
-                    else self._job_seconds + _PACE_WEIGHT * (seconds - self._job_seconds)
-                )
+                self._pace.add(seconds)
             self._job_left.notify_all()
         deliver(entry[1], result)
 
@@ -562,11 +559,11 @@ class ProcessExecutor(Executor):
             if running is None or child.kill_at is not None:
                 return
             seq, started = running
-            job, on_done = child.assigned.pop(seq)
+            job, on_done = child.assigned[seq]
             assert job.timeout is not None  # only jobs with a timeout get a deadline
             if time.monotonic() < started + job.timeout:
-                child.assigned = {seq: (job, on_done), **child.assigned}
                 return
+            del child.assigned[seq]
             self._outstanding -= 1
             self._requeue(child.assigned.values())
             child.assigned.clear()

@@ -42,7 +42,7 @@ from pgflow.db.connection import connect
 from pgflow.db.dsn import redact, resolve_dsn
 from pgflow.db.listener import EVENTS_CHANNEL, TASKS_CHANNEL, ChannelListener, task_listener
 from pgflow.errors import PgflowError, one_line
-from pgflow.executors.base import Executor, Job, JobResult
+from pgflow.executors.base import Executor, Job, JobResult, Pace
 from pgflow.flow import Flow, load_flow
 from pgflow.plugins.events import EventRelay
 from pgflow.plugins.manager import (
@@ -177,8 +177,8 @@ class Worker:
         self._in_flight: dict[tuple[str, str, int], tuple[str, ClaimedTask, float]] = {}
         # prefetched: (flow slug, task, when claimed or last extended), waiting for a free slot
         self._queued: collections.deque[tuple[str, ClaimedTask, float]] = collections.deque()
-        # running average of a handler's duration in seconds (None until one has finished)
-        self._job_seconds: float | None = None
+        # how long a handler takes, which bounds the prefetch
+        self._pace = Pace(_PACE_WEIGHT)
         self._run_inputs = RunInputCache(self._fetch_run_input)
         self._input_lock = threading.Lock()
         self._input_conn: psycopg.Connection[Any] | None = None
@@ -552,44 +552,39 @@ class Worker:
 
     def _extend_waiting(self, now: float) -> None:
         """Renew the hide and timeout of every task that has waited `EXTEND_AFTER` or more."""
-        late: dict[str, list[session.TaskRef]] = collections.defaultdict(list)
-        kept: collections.deque[tuple[str, ClaimedTask, float]] = collections.deque()
-        for flow_slug, task, since in self._queued:
-            if now - since >= EXTEND_AFTER:
-                late[flow_slug].append(_task_ref(task))
-                since = now
-            kept.append((flow_slug, task, since))
-        self._queued = kept
-        for flow_slug, refs in late.items():
-            self.stats.extended += (
-                self._db(functools.partial(self._on_tasks, session.extend_tasks, flow_slug, refs))
-                or 0
-            )
+        late = [entry for entry in self._queued if now - entry[2] >= EXTEND_AFTER]
+        self._queued = collections.deque(
+            (slug, task, now if now - since >= EXTEND_AFTER else since)
+            for slug, task, since in self._queued
+        )
+        self.stats.extended += sum(self._per_flow(session.extend_tasks, late).values())
 
     def _release_queued(self) -> None:
         """Give back every prefetched task (stopping): other workers may run them at once."""
-        if not self._queued:
-            return
-        waiting: dict[str, list[session.TaskRef]] = collections.defaultdict(list)
-        for flow_slug, task, _ in self._queued:
-            waiting[flow_slug].append(_task_ref(task))
-        self._queued.clear()
-        for flow_slug, refs in waiting.items():
-            released = (
-                self._db(functools.partial(self._on_tasks, session.release_tasks, flow_slug, refs))
-                or 0
-            )
+        waiting, self._queued = list(self._queued), collections.deque()
+        for flow_slug, released in self._per_flow(session.release_tasks, waiting).items():
             self.stats.released += released
             logger.info("gave back %d prefetched task(s) of flow %s", released, flow_slug)
 
-    def _on_tasks(
+    def _per_flow(
         self,
         action: Callable[[psycopg.Connection[Any], str, uuid.UUID, list[session.TaskRef]], int],
-        flow_slug: str,
-        tasks: list[session.TaskRef],
-    ) -> int:
-        assert self._conn is not None
-        return action(self._conn, flow_slug, self.worker_ids[flow_slug], tasks)
+        entries: Iterable[tuple[str, ClaimedTask, float]],
+    ) -> dict[str, int]:
+        """Call `action` (extend or release) once per flow for the given waiting tasks; how
+        many tasks it took in each flow."""
+        by_flow: dict[str, list[session.TaskRef]] = collections.defaultdict(list)
+        for flow_slug, task, _ in entries:
+            by_flow[flow_slug].append(_task_ref(task))
+
+        def call(flow_slug: str, tasks: list[session.TaskRef]) -> int:
+            assert self._conn is not None
+            return action(self._conn, flow_slug, self.worker_ids[flow_slug], tasks)
+
+        return {
+            slug: self._db(functools.partial(call, slug, refs)) or 0
+            for slug, refs in by_flow.items()
+        }
 
     def _prefetch_limit(self) -> int:
         """How many tasks may wait for a slot: at most `prefetch`, and at most about
@@ -600,9 +595,9 @@ class Worker:
         if cap <= 0 or self._stopping.is_set():
             return 0
         slots = self._executor.concurrency
-        if self._job_seconds is None:
+        if self._pace.seconds is None:
             return min(cap, slots)
-        return min(cap, int(slots * PREFETCH_HORIZON / max(self._job_seconds, 1e-6)))
+        return min(cap, int(slots * PREFETCH_HORIZON / max(self._pace.seconds, 1e-6)))
 
     def _start(self, flow_slug: str, task: ClaimedTask) -> None:
         assert self._executor is not None
@@ -638,12 +633,7 @@ class Worker:
             assert isinstance(key, tuple)
             run_id, step_slug, task_index = key
             flow_slug, task, started = self._in_flight.pop(key, (None, None, now))
-            took = now - started
-            self._job_seconds = (
-                took
-                if self._job_seconds is None
-                else self._job_seconds + _PACE_WEIGHT * (took - self._job_seconds)
-            )
+            self._pace.add(now - started)
             outcome = Outcome(
                 run_id, step_slug, task_index, task.attempt if task else None, flow_slug=flow_slug
             )

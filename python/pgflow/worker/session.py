@@ -72,33 +72,33 @@ def requeue_stalled(conn: Conn) -> tuple[int, int]:
 TaskRef = tuple[str, str, int, int]
 
 
-def _task_arrays(tasks: list[TaskRef]) -> tuple[list[str], list[str], list[int], list[int]]:
-    return (
-        [t[0] for t in tasks],
-        [t[1] for t in tasks],
-        [t[2] for t in tasks],
-        [t[3] for t in tasks],
-    )
+def _on_tasks(
+    conn: Conn, function: str, flow_slug: str, worker_id: UUID, tasks: list[TaskRef]
+) -> int:
+    row = conn.execute(
+        f"select pgflow.{function}(%s, %s, %s::uuid[], %s::text[], %s::int[], %s::int[])",
+        (
+            flow_slug,
+            worker_id,
+            [t[0] for t in tasks],
+            [t[1] for t in tasks],
+            [t[2] for t in tasks],
+            [t[3] for t in tasks],
+        ),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def extend_tasks(conn: Conn, flow_slug: str, worker_id: UUID, tasks: list[TaskRef]) -> int:
     """Give prefetched tasks that start late their whole timeout from now; how many were
     still this worker's to extend."""
-    row = conn.execute(
-        "select pgflow.extend_tasks(%s, %s, %s::uuid[], %s::text[], %s::int[], %s::int[])",
-        (flow_slug, worker_id, *_task_arrays(tasks)),
-    ).fetchone()
-    return int(row[0]) if row else 0
+    return _on_tasks(conn, "extend_tasks", flow_slug, worker_id, tasks)
 
 
 def release_tasks(conn: Conn, flow_slug: str, worker_id: UUID, tasks: list[TaskRef]) -> int:
     """Give back claimed tasks that never started (their attempt is not counted); how many were
     still this worker's to give back."""
-    row = conn.execute(
-        "select pgflow.release_tasks(%s, %s, %s::uuid[], %s::text[], %s::int[], %s::int[])",
-        (flow_slug, worker_id, *_task_arrays(tasks)),
-    ).fetchone()
-    return int(row[0]) if row else 0
+    return _on_tasks(conn, "release_tasks", flow_slug, worker_id, tasks)
 
 
 def run_input(conn: Conn, run_id: str) -> str | None:
