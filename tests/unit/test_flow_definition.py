@@ -523,3 +523,33 @@ def test_step_and_map_share_one_set_of_options_and_reject_unknown_ones(decorator
     assert step.when_exhausted == "skip"
     with pytest.raises(FlowDefinitionError, match=r"unknown option .max_attempt. \(did you mean"):
         declare("second", max_attempt=3)(lambda value: value)
+
+
+def test_descendants_follow_dependencies_through_other_steps() -> None:
+    flow = Flow("desc_flow")
+
+    @flow.step()
+    def top(value: Any) -> int:
+        return 1
+
+    @flow.step(depends_on=[top])
+    def left(deps: Any) -> list[int]:
+        return [1]
+
+    @flow.step()
+    def apart(value: Any) -> int:
+        return 2
+
+    @flow.map(array=left)
+    def each(item: Any) -> int:
+        return item
+
+    @flow.step(depends_on=[each, apart])
+    def last(deps: Any) -> int:
+        return 0
+
+    assert [s.slug for s in flow.descendants("top")] == ["left", "each", "last"]
+    assert [s.slug for s in flow.descendants("apart")] == ["last"]
+    assert flow.descendants("last") == ()
+    with pytest.raises(UnknownStepError):
+        flow.descendants("nope")

@@ -103,6 +103,17 @@ class Flow:
                 step_slug=slug,
             ) from None
 
+    def descendants(self, slug: str) -> tuple[Step, ...]:
+        """The steps that depend on `slug`, directly or through others, in definition order."""
+        self.get_step(slug)
+        reached = {slug}
+        found = []
+        for step in self._steps.values():  # definition order is topological
+            if any(dep in reached for dep in step.dependencies):
+                reached.add(step.slug)
+                found.append(step)
+        return tuple(found)
+
     def __contains__(self, slug: object) -> bool:
         return slug in self._steps
 

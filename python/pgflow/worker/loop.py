@@ -162,6 +162,7 @@ class Worker:
         self._pending_since = 0.0  # when the oldest pending result came in
         # slots offered to reports not answered yet (the loop thread's alone), and the answers
         self._reserved = 0
+        self._ready_bounds: dict[tuple[str, str], int] = {}
         self._handbacks: collections.deque[
             tuple[Sequence[ClaimOffer], list[tuple[Any, ...]] | None]
         ] = collections.deque()
@@ -285,8 +286,7 @@ class Worker:
                 more_work = more_work or not dry
             free = self._executor.free_slots()
             prefetch = self._prefetch_limit()
-            room = max(0, free - self._reserved - len(self._queued))
-            room += max(0, prefetch - len(self._queued))
+            room = self._room(free, prefetch)
             # A claim costs a round trip whatever its size: while plenty of tasks are still
             # running or waiting, let a few slots free up (or half the prefetch drain) first
             # instead of claiming them a few at a time.
@@ -680,8 +680,13 @@ class Worker:
             self._reserved += offer.qty
         self._reporter.put(batch, offer)
 
+    def _room(self, free: int, prefetch: int) -> int:
+        """How many more tasks this worker may take: free slots and unused prefetch, less the
+        tasks already waiting and the room set aside for claims that reports will bring back."""
+        return max(0, free + prefetch - len(self._queued) - self._reserved)
+
     def _offer(self, batch: Sequence[Outcome]) -> ClaimOffer | None:
-        """Free slots for the tasks this batch will make ready, when it is all of one flow."""
+        """Room for the tasks this batch may make ready, when it is all of one flow."""
         assert self._executor is not None
         if self.options.per_task or self._stopping.is_set() or not batch:
             return None
@@ -690,13 +695,38 @@ class Worker:
         flow_slug = batch[0].flow_slug
         if flow_slug is None or any(o.flow_slug != flow_slug for o in batch):
             return None
-        free = min(
-            self._executor.free_slots() - self._reserved - len(self._queued),
-            self.options.claim_size,
-        )
-        if free <= 0:
+        # set aside no more than the batch can make ready, so that reports in flight at the same
+        # time (runs side by side) each get room for their next hop
+        cap = self.options.claim_size
+        need = 0
+        for outcome in batch:
+            need += self._ready_bound(flow_slug, outcome.step_slug)
+            if need >= cap:
+                break
+        room = self._room(self._executor.free_slots(), self._prefetch_limit())
+        qty = min(room, cap, need)
+        if qty <= 0 < need:
             return None
-        return ClaimOffer(flow_slug, self.worker_ids[flow_slug], free)
+        # an offer of 0 (nothing downstream) still tells _on_flushed that nothing became ready
+        return ClaimOffer(flow_slug, self.worker_ids[flow_slug], qty, covers_all=qty == need)
+
+    def _ready_bound(self, flow_slug: str, step_slug: str) -> int:
+        """At most how many tasks finishing one task of this step can make ready in its run:
+        one per single step downstream (each starts once per run), any number past a map."""
+        key = (flow_slug, step_slug)
+        bound = self._ready_bounds.get(key)
+        if bound is None:
+            flow = self.flows[flow_slug]
+            if step_slug not in flow:
+                bound = self.options.claim_size  # a flow the database knows better than we do
+            else:
+                later = flow.descendants(step_slug)
+                if any(step.is_map for step in later):
+                    bound = self.options.claim_size
+                else:
+                    bound = len(later)
+            self._ready_bounds[key] = bound
+        return bound
 
     def _on_flushed(
         self,
@@ -714,9 +744,11 @@ class Worker:
         if offers:
             self._handbacks.append((offers, rows))
         # Completions may have made tasks ready that nobody claimed yet, unless the report took
-        # them all (it claimed fewer than offered) and no failure was retried meanwhile
-        took_all = rows is not None and sum(1 for row in rows if row[0] == "task") < sum(
-            o.qty for o in offers
+        # them all (it claimed fewer than offered, or all the batch could make ready) and no
+        # failure was retried meanwhile
+        took_all = rows is not None and (
+            all(o.covers_all for o in offers)
+            or sum(1 for row in rows if row[0] == "task") < sum(o.qty for o in offers)
         )
         if not took_all or any(not o.ok for o in batch):
             self._flushed.set()

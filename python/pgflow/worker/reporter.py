@@ -164,4 +164,9 @@ def _joint_offer(
     flow = offers[0].flow_slug
     if any(o.flow_slug != flow for o in offers) or any(o.flow_slug != flow for o in batch):
         return None
-    return ClaimOffer(flow, offers[0].worker_id, sum(o.qty for o in offers))
+    return ClaimOffer(
+        flow,
+        offers[0].worker_id,
+        sum(o.qty for o in offers),
+        covers_all=all(o.covers_all for o in offers),
+    )

@@ -89,11 +89,13 @@ def encode_outputs(outcomes: Sequence[Outcome]) -> RawJson:
 
 @dataclass(slots=True, frozen=True)
 class ClaimOffer:
-    """Free slots a worker offers to the tasks a report makes ready in one flow."""
+    """Room a worker offers to the tasks a report makes ready in one flow."""
 
     flow_slug: str
     worker_id: UUID
     qty: int
+    #: qty is all the report can make ready (so a claim of qty tasks leaves none behind)
+    covers_all: bool = False
 
 
 class ResultSink(Protocol):
