@@ -17,6 +17,7 @@ what to do. They never contain a database password. All of them are exported fro
     ├── InputValidationError         a task input does not fit the handler's type
     ├── HandlerOutputError           a handler's output has no JSON form
     ├── FlowInputUnavailable         ctx.flow_input cannot be fetched
+    ├── Fail                         raised by a handler: fail the task now, no retry
     ├── ExecutorError                an executor misused or closed (also RuntimeError)
     │   ├── ExecutorBusyError
     │   └── ExecutorClosedError
@@ -147,6 +148,13 @@ class HandlerOutputError(PgflowError):
 
 class FlowInputUnavailable(PgflowError):
     """`Context.flow_input` was read but the worker gave the executor no way to fetch it."""
+
+
+class Fail(PgflowError):
+    """Raise it in a handler to fail the task at once: the attempts left are not made (a retry
+    would fail the same way: bad data, a permanent refusal) and the step's `when_exhausted`
+    applies, as when the last attempt fails. The task's error reads `Fail: <message>` (or the
+    subclass's name). Any other exception is retried with backoff while attempts are left."""
 
 
 # -- executors and plugins --------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from pgflow.context import Context, ShutdownSignal
-from pgflow.errors import ExecutorBusyError, ExecutorClosedError, ExecutorError
+from pgflow.errors import ExecutorBusyError, ExecutorClosedError, ExecutorError, Fail
 
 logger = logging.getLogger("pgflow.executors")
 
@@ -78,8 +78,9 @@ class JobResult:
 
     `ok` with `output` on success. Otherwise `error_type` (the exception class name),
     `error_message` and the formatted `traceback` (None when there is no Python traceback, as
-    for timeouts); `timed_out` tells a timeout apart from a handler error. Every field is
-    picklable, so results can cross process boundaries.
+    for timeouts); `timed_out` tells a timeout apart from a handler error; `final` says the
+    handler raised `pgflow.Fail` (no further attempt). Every field is picklable, so results can
+    cross process boundaries.
     """
 
     key: Hashable
@@ -89,6 +90,7 @@ class JobResult:
     error_message: str | None = None
     traceback: str | None = None
     timed_out: bool = False
+    final: bool = False
 
     @classmethod
     def success(cls, key: Hashable, output: Any) -> JobResult:
@@ -102,6 +104,7 @@ class JobResult:
             error_type=type(exc).__name__,
             error_message=str(exc),
             traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            final=isinstance(exc, Fail),
         )
 
     @classmethod
@@ -222,6 +225,13 @@ class Executor(abc.ABC):
         """Stop accepting jobs, set every context's `shutdown` signal, and wait up to `grace`
         seconds for the jobs in flight. Returns the jobs that did not finish; no result is
         reported for them afterwards. Idempotent: later calls return []."""
+
+    def never_started(self) -> list[Job]:
+        """After `shutdown`: those of the unfinished jobs it returned whose handler was never
+        called (waiting in the executor for a worker process, say). The worker gives them back
+        without counting an attempt; the others count as failed attempts. The default: none
+        (every submitted job starts at once)."""
+        return []
 
     @abc.abstractmethod
     def kill(self) -> None:

@@ -193,6 +193,8 @@ class ProcessExecutor(Executor):
         self._children: list[_Child] = []
         # submitted jobs no child has yet, in order (jobs of a dead child go back to the front)
         self._backlog: collections.deque[tuple[Job, OnDone]] = collections.deque()
+        # the jobs that shutdown abandoned before a child began them
+        self._never_started: list[Job] = []
         self._outstanding = 0  # jobs submitted and not finished (backlog and children)
         self._seqs = itertools.count(1)
         self._numbers = itertools.count(1)
@@ -287,14 +289,27 @@ class ProcessExecutor(Executor):
             self._abandon_all()
         self._stop_manager()
 
+    def never_started(self) -> list[Job]:
+        with self._lock:
+            return list(self._never_started)
+
     # -- helpers called with the lock held ----------------------------------------------------
 
     def _abandon_all(self) -> list[Job]:
         unfinished = [job for job, _ in self._backlog]
+        self._never_started = list(unfinished)
         self._backlog.clear()
         for child in self._children:
             if child.assigned:
-                unfinished.extend(job for job, _ in child.assigned.values())
+                # the job a child runs is its first; when the child's clock cannot tell
+                # (a torn read), the first counts as started: an attempt too many is safer than
+                # a job that crashes children being given back for ever
+                running = child.running()
+                first = running[0] if running is not None else next(iter(child.assigned))
+                for seq, (job, _) in child.assigned.items():
+                    unfinished.append(job)
+                    if seq != first:
+                        self._never_started.append(job)
                 child.assigned.clear()
                 # A child still running an abandoned handler is not asked to exit: it is
                 # terminated with the others that do not exit in time.

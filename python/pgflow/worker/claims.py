@@ -19,7 +19,7 @@ import psycopg
 
 from pgflow import codec
 from pgflow.codec import MODE_DEPS, MODE_FLOW_INPUT, MODE_MAP
-from pgflow.errors import CoreError, PgflowError
+from pgflow.errors import CoreError, InputValidationError, PgflowError
 from pgflow.flow import Flow
 
 T = TypeVar("T")
@@ -47,6 +47,8 @@ class ClaimedTask:
     attempt: int
     input: Any = None
     input_error: str | None = None
+    # the input can never fit (a typed handler's validation): fail at once, no retry
+    input_error_final: bool = False
 
 
 class TaskSource(Protocol):
@@ -165,6 +167,7 @@ def _fill(
             task.input = finish(task, value)
         except PgflowError as exc:  # InputValidationError: the input does not fit the type
             task.input_error = f"{type(exc).__name__}: {exc}"
+            task.input_error_final = isinstance(exc, InputValidationError)
 
 
 _READ_SQL = "select msg_id from pgflow.read_with_poll(%s, %s, %s, 0)"

@@ -345,18 +345,57 @@ class Worker:
             self._release_queued()
             self._wake.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             self._wake.clear()
-        unfinished = self._executor.shutdown(grace=0 if self._signals >= 2 else 1.0)
+        self._executor.shutdown(grace=0 if self._signals >= 2 else 1.0)
         if self._collect():
             self._flush()
+        self._give_back_unfinished()
         assert self._reporter is not None
         if not self._reporter.close(timeout=max(5.0, deadline - time.monotonic())):
-            logger.warning("some results could not be reported; those tasks will be retried")
-        if unfinished or self._in_flight:
             logger.warning(
-                "%d task(s) did not finish within the grace period; they will be retried after "
-                "their timeout",
-                max(len(unfinished), len(self._in_flight)),
+                "some results could not be reported; those tasks will be retried after their "
+                "timeout"
             )
+
+    def _give_back_unfinished(self) -> None:
+        """The tasks still running when the grace period ended go back to the queue at once,
+        for other workers: those whose handler never began as if never claimed (no attempt
+        counted), the others as failed attempts ("worker stopped") queued again without backoff
+        (so a task longer than the grace period cannot come back for ever across deploys)."""
+        assert self._executor is not None
+        if not self._in_flight:
+            return
+        never = {job.key for job in self._executor.never_started()}
+        entries, self._in_flight = list(self._in_flight.items()), {}
+        unstarted = [entry for key, entry in entries if key in never]
+        for flow_slug, released in self._per_flow(session.release_tasks, unstarted).items():
+            self.stats.released += released
+            logger.info("gave back %d task(s) of flow %s that never started", released, flow_slug)
+        stopped = [entry for key, entry in entries if key not in never]
+        if not stopped:
+            return
+        error = error_text(
+            "WorkerStopped",
+            f"the worker stopped before the task finished (grace period "
+            f"{self.options.shutdown_grace:g}s); retried at once while attempts are left",
+        )
+        for flow_slug, task, _ in stopped:
+            self._pending.append(
+                Outcome(
+                    task.run_id,
+                    task.step_slug,
+                    task.task_index,
+                    task.attempt,
+                    error=error,
+                    flow_slug=flow_slug,
+                    retry="now",
+                )
+            )
+        self._flush()
+        logger.warning(
+            "%d task(s) did not finish within the grace period: their attempt is failed "
+            "(worker stopped) and they are queued again at once for other workers",
+            len(stopped),
+        )
 
     def _poke_listeners(self) -> None:
         """Wake the listener threads so they see the stop now, not at their next check."""
@@ -526,6 +565,7 @@ class Worker:
                     task.attempt,
                     error=task.input_error,
                     flow_slug=flow_slug,
+                    retry="never" if task.input_error_final else None,
                 )
             )
             self._wake.set()
@@ -660,6 +700,8 @@ class Worker:
                         self.options.executor,
                     )
                 outcome.error = error_text(result.error_type, result.error_message)
+                if result.final:
+                    outcome.retry = "never"
             self._pending.append(outcome)
         return bool(self._pending)
 

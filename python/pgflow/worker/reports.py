@@ -41,6 +41,8 @@ class Outcome:
     error: str | None = None
     # the flow of the task, when known (a report can claim only for a single flow)
     flow_slug: str | None = None
+    # for a failure, fail_task's retry mode: None (backoff), "now" or "never"
+    retry: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -111,11 +113,14 @@ class ResultSink(Protocol):
         ...
 
 
-_REPORT_SQL = "select pgflow.report_tasks(%s::uuid[], %s::text[], %s::int[], %s::jsonb, %s::text[], %s::int[])"
+_REPORT_SQL = (
+    "select pgflow.report_tasks(%s::uuid[], %s::text[], %s::int[], %s::jsonb, %s::text[], "
+    "%s::int[], %s::text[])"
+)
 _REPORT_AND_CLAIM_SQL = (
     "select kind, msg_id, run_id, step_slug, task_index, attempt, mode, deps, payload "
     "from pgflow.report_and_claim(%s, %s, %s, %s::uuid[], %s::text[], %s::int[], %s::jsonb, "
-    "%s::text[], %s::int[])"
+    "%s::text[], %s::int[], retry_modes => %s::text[])"
 )
 
 
@@ -127,6 +132,7 @@ def _report_args(outcomes: Sequence[Outcome]) -> tuple[Any, ...]:
         encode_outputs(outcomes),
         [o.error for o in outcomes],
         [o.attempt for o in outcomes],
+        [o.retry for o in outcomes] if any(o.retry for o in outcomes) else None,
     )
 
 
@@ -171,8 +177,8 @@ class PerTaskSink:
                 )
             else:
                 conn.execute(
-                    "select 1 from pgflow.fail_task(%s, %s, %s, %s, %s::int)",
-                    (o.run_id, o.step_slug, o.task_index, o.error, o.attempt),
+                    "select 1 from pgflow.fail_task(%s, %s, %s, %s, %s::int, %s::text)",
+                    (o.run_id, o.step_slug, o.task_index, o.error, o.attempt, o.retry),
                 )
 
     def report_and_claim(

@@ -1,6 +1,11 @@
--- Our form: see complete_task.
+-- Our form: see complete_task. `retry` (our addition) says what a failure that has attempts
+-- left does: 'backoff' (the default, and NULL) queues the task again after the step's
+-- exponential delay; 'now' queues it again without delay (a worker that stopped before its
+-- task finished); 'never' fails the task at once, whatever attempts are left, and applies the
+-- step's when_exhausted (a handler that raised pgflow.Fail, an input its handler cannot take).
 create or replace function pgflow.fail_task(
-  run_id uuid, step_slug text, task_index int, error_message text, attempt int
+  run_id uuid, step_slug text, task_index int, error_message text, attempt int,
+  retry text default null
 )
 returns setof pgflow.step_tasks
 language plpgsql
@@ -14,6 +19,10 @@ declare
   v_max_attempts int;
   v_base_delay int;
 begin
+  if fail_task.retry is not null and fail_task.retry not in ('backoff', 'now', 'never') then
+    raise exception 'fail_task: retry must be ''backoff'', ''now'' or ''never'', got %',
+      quote_literal(fail_task.retry) using errcode = '22023';
+  end if;
   v_task := pgflow._lock_reported_task(fail_task.run_id, fail_task.step_slug, fail_task.task_index,
                                        fail_task.attempt);
   if v_task.run_id is null then
@@ -25,7 +34,7 @@ begin
     from pgflow.steps s join pgflow.flows f on f.flow_slug = s.flow_slug
    where s.flow_slug = v_task.flow_slug and s.step_slug = fail_task.step_slug;
 
-  if v_task.attempts_count < v_max_attempts then
+  if v_task.attempts_count < v_max_attempts and fail_task.retry is distinct from 'never' then
     update pgflow.step_tasks t
        set status = 'queued', error_message = fail_task.error_message, queued_at = now(),
            started_at = null
@@ -33,7 +42,8 @@ begin
        and t.task_index = fail_task.task_index;
     perform pgflow.set_vt_batch(
       v_task.flow_slug, array[v_task.message_id],
-      array[pgflow.calculate_retry_delay(v_base_delay, v_task.attempts_count)]);
+      array[case when fail_task.retry = 'now' then 0
+                 else pgflow.calculate_retry_delay(v_base_delay, v_task.attempts_count) end]);
   else
     perform pgflow._task_exhausted(fail_task.run_id, fail_task.step_slug, fail_task.task_index,
                                    fail_task.error_message);

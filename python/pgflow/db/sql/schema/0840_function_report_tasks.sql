@@ -14,14 +14,15 @@
 --   * for other runs, the completions that only count a map step down and come before anything
 --     else of their run are applied set-based, the rest with complete_task / fail_task in order.
 -- Late, duplicate, stale and foreign items are ignored one by one. Returns the number of items
--- that took effect.
+-- that took effect. retry_modes[i], when given, is fail_task's `retry` for a failure.
 create or replace function pgflow.report_tasks(
   run_ids uuid[],
   step_slugs text[],
   task_indexes int[],
   outputs jsonb,
   error_messages text[] default null,
-  attempts int[] default null
+  attempts int[] default null,
+  retry_modes text[] default null
 )
 returns int
 language plpgsql
@@ -49,9 +50,10 @@ begin
      or (report_tasks.outputs is not null and jsonb_typeof(report_tasks.outputs) <> 'array')
      or coalesce(jsonb_array_length(coalesce(report_tasks.outputs, '[]')), 0) not in (0, v_n)
      or (report_tasks.error_messages is not null and cardinality(report_tasks.error_messages) <> v_n)
-     or (report_tasks.attempts is not null and cardinality(report_tasks.attempts) <> v_n) then
+     or (report_tasks.attempts is not null and cardinality(report_tasks.attempts) <> v_n)
+     or (report_tasks.retry_modes is not null and cardinality(report_tasks.retry_modes) <> v_n) then
     raise exception 'report_tasks: run_ids, step_slugs, task_indexes, outputs (a JSON array), '
-      'error_messages and attempts must all have one element per item (% items)', v_n
+      'error_messages, attempts and retry_modes must all have one element per item (% items)', v_n
       using errcode = '22023';
   end if;
   if v_n = 0 then
@@ -66,7 +68,8 @@ begin
         report_tasks.attempts[1]);
     else
       perform 1 from pgflow.fail_task(report_tasks.run_ids[1], report_tasks.step_slugs[1],
-        report_tasks.task_indexes[1], report_tasks.error_messages[1], report_tasks.attempts[1]);
+        report_tasks.task_indexes[1], report_tasks.error_messages[1], report_tasks.attempts[1],
+        report_tasks.retry_modes[1]);
     end if;
     return case when found then 1 else 0 end;
   end if;
@@ -245,7 +248,8 @@ begin
                                           report_tasks.attempts[v_item.ord]);
     else
       perform 1 from pgflow.fail_task(v_item.run_id, v_item.step_slug, v_item.task_index,
-                                      v_item.error_message, report_tasks.attempts[v_item.ord]);
+                                      v_item.error_message, report_tasks.attempts[v_item.ord],
+                                      report_tasks.retry_modes[v_item.ord]);
     end if;
     if found then
       v_applied := v_applied + 1;
