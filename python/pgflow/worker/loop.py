@@ -331,10 +331,24 @@ class Worker:
             len(self._in_flight),
             self.options.shutdown_grace,
         )
-        deadline = time.monotonic() + self.options.shutdown_grace
+        grace = self.options.shutdown_grace
+        deadline = time.monotonic() + grace
         self._release_queued()  # prefetched tasks go back at once, for other workers
+        # The executor's shutdown tells the handlers now (ctx.shutdown) and waits out the grace
+        # period on its own thread, while this one goes on reporting what finishes meanwhile.
+        executor = self._executor
+        stopped = threading.Event()
+
+        def stop_executor() -> None:
+            try:
+                executor.shutdown(grace=grace)
+            finally:
+                stopped.set()
+                self._wake.set()
+
+        threading.Thread(target=stop_executor, name="pgflow-executor-stop", daemon=True).start()
         while (
-            (self._in_flight or self._reserved)
+            (self._in_flight or self._reserved or not stopped.is_set())
             and time.monotonic() < deadline
             and self._signals < 2
         ):
@@ -343,9 +357,15 @@ class Worker:
             if self._collect():
                 self._flush()
             self._release_queued()
+            if not self._in_flight and not self._reserved and stopped.is_set():
+                break
             self._wake.wait(min(0.1, max(0.0, deadline - time.monotonic())))
             self._wake.clear()
-        self._executor.shutdown(grace=0 if self._signals >= 2 else 1.0)
+        if self._signals >= 2:
+            executor.kill()  # a second signal: no more waiting
+        stopped.wait(5.0)  # the executor returns once its grace period is over
+        self._take_handbacks()
+        self._release_queued()
         if self._collect():
             self._flush()
         self._give_back_unfinished()
