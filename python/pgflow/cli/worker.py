@@ -42,6 +42,10 @@ _FLAG_HELP: dict[str, tuple[str, Any]] = {
     "heartbeat_interval": ("seconds between heartbeats (default {})", float),
     "requeue_interval": ("seconds between sweeps for tasks of dead workers (default {})", float),
     "shutdown_grace": ("seconds in-flight tasks get on SIGTERM (default {})", float),
+    "max_output_bytes": (
+        "the largest JSON output a task may store; larger fails the task (default {})",
+        int,
+    ),
 }
 
 

@@ -108,9 +108,12 @@ class JobResult:
         )
 
     @classmethod
-    def failure(cls, key: Hashable, error_type: str, message: str) -> JobResult:
-        """A failure that did not come from a handler exception (a crashed process, say)."""
-        return cls(key=key, ok=False, error_type=error_type, error_message=message)
+    def failure(
+        cls, key: Hashable, error_type: str, message: str, *, final: bool = False
+    ) -> JobResult:
+        """A failure that did not come from a handler exception (a crashed process, say);
+        `final` when another attempt would fail the same way."""
+        return cls(key=key, ok=False, error_type=error_type, error_message=message, final=final)
 
     @classmethod
     def timeout(cls, key: Hashable, seconds: float) -> JobResult:

@@ -545,6 +545,7 @@ class ProcessExecutor(Executor):
                 type(exc).__name__,
                 f"the handler's result could not be received from its worker process: {exc}; "
                 "return JSON-like values",
+                final=True,
             )
         assert isinstance(result, JobResult)
         return result
@@ -853,6 +854,7 @@ def _unsendable_output(key: Hashable, exc: Exception) -> JobResult:
         type(exc).__name__,
         f"the handler's output could not be sent from its worker process: {exc}; return "
         "JSON-like values (dicts, lists, strings, numbers, booleans, None) or msgspec Structs",
+        final=True,  # the same handler on the same input returns the same
     )
 
 

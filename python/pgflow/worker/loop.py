@@ -153,7 +153,11 @@ class Worker:
         # an eighth of what one claim may take, so refills stay prompt but not tiny
         self._min_claim = max(1, min(opts.claim_size, opts.concurrency + opts.prefetch) // 8)
         self.source: TaskSource = PerTaskSource() if opts.per_task else BatchedSource()
-        self.sink: ResultSink = PerTaskSink() if opts.per_task else BatchedSink()
+        self.sink: ResultSink = (
+            PerTaskSink(opts.max_output_bytes)
+            if opts.per_task
+            else BatchedSink(opts.max_output_bytes)
+        )
         self.worker_ids = {slug: uuid.uuid4() for slug in self.flows}
         self.stats = WorkerStats()
 

@@ -13,6 +13,9 @@ from typing import Any, Final
 
 from pgflow.errors import ConfigError
 
+#: PostgreSQL cannot store a jsonb value larger than this (about 256 MiB).
+MAX_JSONB_BYTES: Final = 256 * 1024 * 1024 - 1
+
 
 @dataclass(frozen=True)
 class WorkerOptions:
@@ -37,6 +40,9 @@ class WorkerOptions:
         shutdown_grace: seconds in-flight tasks get to finish on a graceful stop.
         max_backoff: the longest wait between reconnection attempts, in seconds.
         listen: wake on NOTIFY (else poll only).
+        max_output_bytes: the largest JSON output a task may store; a larger one fails the task
+            (OutputTooLarge) instead of weighing on every dependent's input. At most 256 MiB,
+            jsonb's own limit.
     """
 
     executor: str = "thread"
@@ -51,6 +57,7 @@ class WorkerOptions:
     shutdown_grace: float = 30.0
     max_backoff: float = 10.0
     listen: bool = True
+    max_output_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -63,6 +70,11 @@ class WorkerOptions:
             value = getattr(self, name)
             if not value > 0:
                 raise ConfigError(f"{name} must be more than 0 seconds, got {value}")
+        if not 1 <= self.max_output_bytes <= MAX_JSONB_BYTES:
+            raise ConfigError(
+                f"max_output_bytes must be between 1 and {MAX_JSONB_BYTES} (jsonb's limit), "
+                f"got {self.max_output_bytes}"
+            )
         if not self.shutdown_grace >= 0:
             raise ConfigError(
                 f"shutdown_grace must be 0 seconds or more, got {self.shutdown_grace}"
@@ -110,4 +122,5 @@ CLI_FLAGS: Final[dict[str, str]] = {
     "heartbeat_interval": "--heartbeat-interval",
     "requeue_interval": "--requeue-interval",
     "shutdown_grace": "--shutdown-grace",
+    "max_output_bytes": "--max-output-bytes",
 }

@@ -26,6 +26,8 @@ logger = logging.getLogger("pgflow.worker")
 
 # error messages are stored in the database and shown to people: keep them readable
 MAX_ERROR_LENGTH = 2000
+# WorkerOptions.max_output_bytes' default, for callers without options
+DEFAULT_MAX_OUTPUT = 16 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -68,24 +70,38 @@ class _RawJsonDumper(Dumper):
 psycopg.adapters.register_dumper(RawJson, _RawJsonDumper)
 
 
-def encode_outputs(outcomes: Sequence[Outcome]) -> RawJson:
+def encode_outputs(outcomes: Sequence[Outcome], max_bytes: int = DEFAULT_MAX_OUTPUT) -> RawJson:
     """One JSON array with each outcome's output (null for failures), encoded once. Outcomes
-    whose output cannot be encoded are turned into failures in place."""
+    whose output cannot be encoded, or whose JSON is over `max_bytes`, are turned into failures
+    in place."""
     try:
-        return RawJson(codec.encode_outputs([o.output if o.ok else None for o in outcomes]))
+        encoded = codec.encode_outputs([o.output if o.ok else None for o in outcomes])
+        if len(encoded) <= max_bytes:  # no output can be larger than the whole array
+            return RawJson(encoded)
     except UnencodableValue:
         pass
     for outcome in outcomes:
         if not outcome.ok:
             continue
         try:
-            codec.encode_value(outcome.output)
+            size = len(codec.encode_value(outcome.output))
         except UnencodableValue as exc:
             outcome.error = error_text(
                 "OutputNotJSON",
                 f"the output of step {outcome.step_slug!r} cannot be stored as JSON: {exc}",
             )
             outcome.output = None
+            outcome.retry = "never"  # the same handler on the same input returns the same
+            continue
+        if size > max_bytes:
+            outcome.error = error_text(
+                "OutputTooLarge",
+                f"the output of step {outcome.step_slug!r} is {size} bytes of JSON, over the "
+                f"worker's limit of {max_bytes} (max_output_bytes, --max-output-bytes): store "
+                "large data elsewhere and return a reference to it",
+            )
+            outcome.output = None
+            outcome.retry = "never"
     return RawJson(codec.encode_outputs([o.output if o.ok else None for o in outcomes]))
 
 
@@ -124,12 +140,12 @@ _REPORT_AND_CLAIM_SQL = (
 )
 
 
-def _report_args(outcomes: Sequence[Outcome]) -> tuple[Any, ...]:
+def _report_args(outcomes: Sequence[Outcome], max_output_bytes: int) -> tuple[Any, ...]:
     return (
         [o.run_id for o in outcomes],
         [o.step_slug for o in outcomes],
         [o.task_index for o in outcomes],
-        encode_outputs(outcomes),
+        encode_outputs(outcomes, max_output_bytes),
         [o.error for o in outcomes],
         [o.attempt for o in outcomes],
         [o.retry for o in outcomes] if any(o.retry for o in outcomes) else None,
@@ -141,16 +157,24 @@ class BatchedSink:
 
     claims_on_report = True
 
+    def __init__(self, max_output_bytes: int = DEFAULT_MAX_OUTPUT) -> None:
+        self.max_output_bytes = max_output_bytes
+
     def report(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> None:
         if outcomes:
-            conn.execute(_REPORT_SQL, _report_args(outcomes), prepare=True)
+            conn.execute(_REPORT_SQL, _report_args(outcomes, self.max_output_bytes), prepare=True)
 
     def report_and_claim(
         self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome], offer: ClaimOffer
     ) -> list[tuple[Any, ...]]:
         if not outcomes:
             return []
-        args = (offer.flow_slug, offer.worker_id, offer.qty, *_report_args(outcomes))
+        args = (
+            offer.flow_slug,
+            offer.worker_id,
+            offer.qty,
+            *_report_args(outcomes, self.max_output_bytes),
+        )
         return conn.execute(_REPORT_AND_CLAIM_SQL, args, prepare=True).fetchall()
 
 
@@ -159,10 +183,13 @@ class PerTaskSink:
 
     claims_on_report = False
 
+    def __init__(self, max_output_bytes: int = DEFAULT_MAX_OUTPUT) -> None:
+        self.max_output_bytes = max_output_bytes
+
     def report(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
             return
-        encode_outputs(outcomes)  # turns unencodable outputs into failures
+        encode_outputs(outcomes, self.max_output_bytes)  # unencodable or too large: failures
         for o in outcomes:
             if o.ok:
                 conn.execute(

@@ -1,0 +1,128 @@
+"""Bad input fails the right thing with a message that says what to do, and loses nothing
+(docs/reliability.md): outputs that cannot be stored fail their task at once, never the batch or
+the worker; inputs shaped like SQL are data; a huge input is carried whole."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bad_input_flows as flows
+import pytest
+from contract_helpers import Conn, rows
+from worker_helpers import CONCURRENCY, POLL_INTERVAL, Mode, RunningWorker, modes
+
+from pgflow.client import Client
+from pgflow.errors import ConfigError
+from pgflow.flow import Flow
+from pgflow.worker import Worker, WorkerOptions
+
+LIMIT = 1000
+
+
+def _start(flow: Flow, dsn: str, mode: Mode, **options: Any) -> RunningWorker:
+    name = next(n for n, value in vars(flows).items() if value is flow)
+    running = RunningWorker(
+        Worker(
+            [f"bad_input_flows:{name}"],
+            dsn=dsn,
+            executor=mode.executor,
+            per_task=mode.per_task,
+            concurrency=CONCURRENCY[mode.executor],
+            poll_interval=POLL_INTERVAL,
+            install_signal_handlers=False,
+            **options,
+        )
+    )
+    running.start()
+    return running
+
+
+def _task(conn: Conn, run_id: str) -> dict[str, Any]:
+    (task,) = rows(
+        conn,
+        "select status, attempts_count, error_message from pgflow.step_tasks where run_id = %s",
+        (run_id,),
+    )
+    return task
+
+
+@modes(Mode("thread"), Mode("process"), Mode("thread", per_task=True))
+def test_outputs_that_cannot_be_stored_fail_their_task_at_once(
+    db_dsn: str, conn: Conn, mode: Mode
+) -> None:
+    worker = _start(flows.bad_results, db_dsn, mode, max_output_bytes=LIMIT)
+    try:
+        with Client(db_dsn) as client:
+            runs = {
+                kind: client.start(flows.bad_results, {"kind": kind, "size": LIMIT * 5})
+                for kind in ("big", "nul", "deep", "fine")
+            }
+            small = client.start(flows.bad_results, {"kind": "big", "size": LIMIT - 10})
+            finished = {kind: worker.finish(client, run_id) for kind, run_id in runs.items()}
+            fits = worker.finish(client, small)
+    finally:
+        worker.stop()
+    assert {kind: run.status for kind, run in finished.items()} == {
+        "big": "failed",
+        "nul": "failed",
+        "deep": "failed",
+        "fine": "completed",
+    }
+    errors = {kind: _task(conn, runs[kind]) for kind in ("big", "nul", "deep")}
+    for task in errors.values():
+        assert (task["status"], task["attempts_count"]) == ("failed", 1)  # 5 allowed
+    assert errors["big"]["error_message"].startswith(
+        f"OutputTooLarge: the output of step 'produce' is {LIMIT * 5 + 2} bytes of JSON, over "
+        f"the worker's limit of {LIMIT} (max_output_bytes, --max-output-bytes)"
+    )
+    assert errors["nul"]["error_message"].startswith("OutputNotJSON: ")
+    assert "U+0000" in errors["nul"]["error_message"]
+    # the process executor cannot even send it back from its child
+    assert errors["deep"]["error_message"].startswith(
+        ("OutputNotJSON: ", "RecursionError: the handler's output could not be sent")
+    )
+    assert "recursion" in errors["deep"]["error_message"]
+    assert fits.status == "completed"
+    assert fits.output == {"produce": "x" * (LIMIT - 10)}
+
+
+@pytest.mark.parametrize("size", [0, 256 * 1024 * 1024])
+def test_the_output_limit_is_checked_when_the_worker_is_made(size: int) -> None:
+    with pytest.raises(ConfigError, match="max_output_bytes must be between 1 and"):
+        WorkerOptions(max_output_bytes=size)
+
+
+SQL_SHAPED = [
+    "'); drop table pgflow.runs; --",
+    '"; delete from pgflow.flows; --',
+    "$$; select pg_sleep(10); $$",
+    "%s %(x)s {0} \\x00",
+    "Robert'); DROP TABLE students;--",
+]
+
+
+def test_inputs_shaped_like_sql_are_data(db_dsn: str, conn: Conn) -> None:
+    payload = {"texts": SQL_SHAPED, SQL_SHAPED[0]: SQL_SHAPED[1]}
+    worker = _start(flows.echo, db_dsn, Mode("thread"))
+    try:
+        with Client(db_dsn) as client:
+            run = worker.finish(client, client.start(flows.echo, payload))
+    finally:
+        worker.stop()
+    assert run.status == "completed"
+    assert run.output == {"same": payload}
+    assert rows(conn, "select count(*) as n from pgflow.flows where flow_slug = 'bi_echo'") == [
+        {"n": 1}
+    ]
+
+
+def test_a_huge_input_is_carried_whole(db_dsn: str) -> None:
+    payload = {"blob": "y" * (8 * 1024 * 1024), "items": list(range(50_000))}
+    worker = _start(flows.echo, db_dsn, Mode("thread"), max_output_bytes=64 * 1024 * 1024)
+    try:
+        with Client(db_dsn) as client:
+            run = worker.finish(client, client.start(flows.echo, payload))
+    finally:
+        worker.stop()
+    assert run.status == "completed"
+    assert run.output == {"same": payload}
