@@ -234,9 +234,10 @@ class WorkerProcess:
 class WorkerPool:
     """Starts `pgflow worker` subprocesses against one database and kills leftovers at the end."""
 
-    def __init__(self, dsn: str, directory: Path) -> None:
+    def __init__(self, dsn: str, directory: Path, env: dict[str, str] | None = None) -> None:
         self.dsn = dsn
         self.directory = directory
+        self.env = env  # added to every worker's environment
         self.workers: list[WorkerProcess] = []
 
     def start(
@@ -256,7 +257,7 @@ class WorkerPool:
         popen = subprocess.Popen(
             [*pgflow_command(), "worker", *flows, "--dsn", self.dsn, *options],
             cwd=self.directory,
-            env=subprocess_env(),
+            env=subprocess_env(self.env),
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,

@@ -19,9 +19,12 @@ and recorded or not at all. A migration file must therefore not contain transact
 concurrently`). The schema `pgflow` and the table `pgflow.migrations` exist before the first
 migration runs.
 
-Everything `migrate` changes happens while it holds a session advisory lock on
-`MIGRATION_LOCK_KEY` (advisory locks are per database), so several processes may call it at
-once: one migrates, the others wait and then find nothing left to do.
+Every transaction in which `migrate` changes something holds a transaction advisory lock on
+`MIGRATION_LOCK_KEY` (advisory locks are per database) and checks again under it that its
+migration is still unrecorded, so several processes may call it at once: one migrates, the others
+wait and then find nothing left to do. The lock is transaction-scoped rather than held for the
+session so that migrating through a pooler in transaction mode works: there, consecutive
+transactions may run on different server connections.
 
 pgmq comes from `create extension pgmq` when the server offers the extension, and otherwise from
 the SQL-only build shipped by the `pgmq` package on PyPI; the latter is recorded as a comment on
@@ -58,7 +61,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MIGRATION_LOCK_KEY = int.from_bytes(b"pgflowmg", "big")
-"""Key of the session advisory lock held while migrating (far outside the int4 range of keys
+"""Key of the transaction advisory lock held while migrating (far outside the int4 range of keys
 derived from `hashtext`, so it cannot collide with per-flow locks)."""
 
 MIGRATION_FILE = re.compile(r"^(?P<version>\d{4,})_(?P<name>[a-z0-9_]+)\.sql$")
@@ -161,18 +164,29 @@ def migrate(
     """
     report = progress if progress is not None else logger.info
     shipped = load_migrations(migrations_dir)
-    with connect(conninfo) as conn, _migration_lock(conn, report):
-        with conn.transaction():
+    with connect(conninfo) as conn:
+        locked = _MigrationLock(conn, report)
+        with locked.transaction():
             conn.execute(_BOOKKEEPING_SQL)
         applied = _read_applied(conn)
         _check_compatible(applied, shipped)
-        _ensure_pgmq(conn, report)
+        with locked.transaction():
+            _ensure_pgmq(conn, report)
         done: list[str] = []
         for migration in shipped:
-            if migration.version not in applied:
+            if migration.version in applied:
+                continue
+            with locked.transaction():
+                # another process may have applied it while we waited for the lock
+                if _scalar(
+                    conn,
+                    "select exists (select from pgflow.migrations where version = %s)",
+                    (migration.version,),
+                ):
+                    continue
                 _apply(conn, migration)
-                report(f"applied {migration.label}")
-                done.append(migration.label)
+            report(f"applied {migration.label}")
+            done.append(migration.label)
         return done
 
 
@@ -291,20 +305,25 @@ def _read_migration(entry: Traversable, version: int, name: str) -> Migration:
     return Migration(version=version, name=name, sql=text, checksum=checksum(text))
 
 
-@contextmanager
-def _migration_lock(conn: psycopg.Connection[Any], report: Progress) -> Iterator[None]:
-    """Hold the migration advisory lock for the session, releasing it however we leave."""
-    if not _scalar(conn, "select pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)):
-        report("waiting for another pgflow migration of this database to finish")
-        conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-    conn.commit()  # the lock is session-level: it survives this and every later transaction
-    try:
-        yield
-    finally:
-        if not conn.closed and not conn.broken:
-            conn.rollback()
-            conn.execute("select pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
-            conn.commit()
+class _MigrationLock:
+    """Transactions that hold the migration lock; says once that it waits for another process."""
+
+    def __init__(self, conn: psycopg.Connection[Any], report: Progress) -> None:
+        self.conn = conn
+        self.report = report
+        self.waited = False
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.conn.transaction():
+            if not _scalar(
+                self.conn, "select pg_try_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,)
+            ):
+                if not self.waited:
+                    self.report("waiting for another pgflow migration of this database to finish")
+                    self.waited = True
+                self.conn.execute("select pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            yield
 
 
 def _read_applied(conn: psycopg.Connection[Any]) -> dict[int, AppliedMigration]:
