@@ -19,12 +19,14 @@ and recorded or not at all. A migration file must therefore not contain transact
 concurrently`). The schema `pgflow` and the table `pgflow.migrations` exist before the first
 migration runs.
 
-Every transaction in which `migrate` changes something holds a transaction advisory lock on
-`MIGRATION_LOCK_KEY` (advisory locks are per database) and checks again under it that its
-migration is still unrecorded, so several processes may call it at once: one migrates, the others
-wait and then find nothing left to do. The lock is transaction-scoped rather than held for the
-session so that migrating through a pooler in transaction mode works: there, consecutive
-transactions may run on different server connections.
+Everything `migrate` changes happens while it holds a session advisory lock on
+`MIGRATION_LOCK_KEY` (advisory locks are per database), so several processes may call it at
+once: one migrates, the others wait and then find nothing left to do. In pooled mode
+(`PGFLOW_POOLED`, a pooler in transaction mode, where consecutive transactions may run on
+different server connections and a session lock could be taken on one and released on another)
+each transaction takes the lock for itself instead and checks again under it that its migration
+is still unrecorded: several processes may then share the work, each migration still applied
+once and in order.
 
 pgmq comes from `create extension pgmq` when the server offers the extension, and otherwise from
 the SQL-only build shipped by the `pgmq` package on PyPI; the latter is recorded as a comment on
@@ -51,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from pgflow.db.connection import connect, describe_error
+from pgflow.db.connection import connect, describe_error, pooled
 from pgflow.db.dsn import redact
 from pgflow.errors import MigrationError, SchemaTooNew
 
@@ -61,8 +63,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MIGRATION_LOCK_KEY = int.from_bytes(b"pgflowmg", "big")
-"""Key of the transaction advisory lock held while migrating (far outside the int4 range of keys
+"""Key of the advisory lock held while migrating (far outside the int4 range of keys
 derived from `hashtext`, so it cannot collide with per-flow locks)."""
+
+_WAITING = "waiting for another pgflow migration of this database to finish"
 
 MIGRATION_FILE = re.compile(r"^(?P<version>\d{4,})_(?P<name>[a-z0-9_]+)\.sql$")
 SCHEMA_FILE = re.compile(
@@ -164,7 +168,7 @@ def migrate(
     """
     report = progress if progress is not None else logger.info
     shipped = load_migrations(migrations_dir)
-    with connect(conninfo) as conn:
+    with connect(conninfo) as conn, _session_lock(conn, report):
         locked = _MigrationLock(conn, report)
         with locked.transaction():
             conn.execute(_BOOKKEEPING_SQL)
@@ -305,8 +309,29 @@ def _read_migration(entry: Traversable, version: int, name: str) -> Migration:
     return Migration(version=version, name=name, sql=text, checksum=checksum(text))
 
 
+@contextmanager
+def _session_lock(conn: psycopg.Connection[Any], report: Progress) -> Iterator[None]:
+    """Hold the migration advisory lock for the session, releasing it however we leave (not in
+    pooled mode: there `_MigrationLock` takes it in each transaction)."""
+    if pooled():
+        yield
+        return
+    if not _scalar(conn, "select pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)):
+        report(_WAITING)
+        conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+    conn.commit()  # the lock is session-level: it survives this and every later transaction
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.rollback()
+            conn.execute("select pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            conn.commit()
+
+
 class _MigrationLock:
-    """Transactions that hold the migration lock; says once that it waits for another process."""
+    """Transactions that hold the migration lock in pooled mode (else the session holds it);
+    says once that it waits for another process."""
 
     def __init__(self, conn: psycopg.Connection[Any], report: Progress) -> None:
         self.conn = conn
@@ -316,11 +341,14 @@ class _MigrationLock:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         with self.conn.transaction():
+            if not pooled():
+                yield
+                return
             if not _scalar(
                 self.conn, "select pg_try_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,)
             ):
                 if not self.waited:
-                    self.report("waiting for another pgflow migration of this database to finish")
+                    self.report(_WAITING)
                     self.waited = True
                 self.conn.execute("select pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
             yield
