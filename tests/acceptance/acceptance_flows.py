@@ -110,6 +110,55 @@ def record(item: dict[str, Any]) -> int:
     return int(item["i"])
 
 
+# The chaos test's flows (tests/acceptance/test_chaos.py): short timeouts, so that the tasks of
+# killed workers come back soon (after timeout + 30 s, see pgflow.requeue_stalled_tasks).
+CHAOS_WORK_SECONDS = 0.05
+chaos_map = Flow("acc_chaos_map", max_attempts=5, base_delay=0, timeout=1)
+
+
+@chaos_map.map()
+def chaos_double(item: int) -> int:
+    time.sleep(CHAOS_WORK_SECONDS)
+    return item * 2
+
+
+chaos_diamond = Flow("acc_chaos_diamond", max_attempts=5, base_delay=0, timeout=1)
+
+
+@chaos_diamond.step()
+def chaos_top(run_input: dict[str, int]) -> int:
+    time.sleep(CHAOS_WORK_SECONDS)
+    return run_input["n"] + 1
+
+
+@chaos_diamond.step(depends_on=[chaos_top])
+def chaos_left(deps: dict[str, int]) -> int:
+    time.sleep(CHAOS_WORK_SECONDS)
+    return deps["chaos_top"] * 2
+
+
+@chaos_diamond.step(depends_on=[chaos_top])
+def chaos_right(deps: dict[str, int]) -> int:
+    time.sleep(CHAOS_WORK_SECONDS)
+    return deps["chaos_top"] * 3
+
+
+@chaos_diamond.step(depends_on=[chaos_left, chaos_right])
+def chaos_bottom(deps: dict[str, int]) -> int:
+    return deps["chaos_left"] + deps["chaos_right"]
+
+
+def chaos_diamond_outputs(n: int) -> dict[str, int]:
+    """Each step's output for input {"n": n}."""
+    top = n + 1
+    return {
+        "chaos_top": top,
+        "chaos_left": top * 2,
+        "chaos_right": top * 3,
+        "chaos_bottom": top * 5,
+    }
+
+
 def gated_input(gate: Path, count: int) -> list[dict[str, Any]]:
     return [{"i": i, "gate": str(gate)} for i in range(count)]
 
@@ -234,9 +283,10 @@ class WorkerProcess:
 class WorkerPool:
     """Starts `pgflow worker` subprocesses against one database and kills leftovers at the end."""
 
-    def __init__(self, dsn: str, directory: Path) -> None:
+    def __init__(self, dsn: str, directory: Path, env: dict[str, str] | None = None) -> None:
         self.dsn = dsn
         self.directory = directory
+        self.env = env  # added to every worker's environment
         self.workers: list[WorkerProcess] = []
 
     def start(
@@ -244,10 +294,10 @@ class WorkerPool:
         flows: Sequence[str],
         *options: str,
         conn: psycopg.Connection[Any],
-        ready_timeout: float = 60,
+        ready_timeout: float | None = 60,
     ) -> WorkerProcess:
         """Start a worker for `flows` ("acceptance_flows:NAME") and wait until it registered
-        one pgflow.workers row per flow."""
+        one pgflow.workers row per flow (unless `ready_timeout` is None)."""
         index = len(self.workers)
         log_path = self.directory / f"worker-{index}.log"
         out_path = self.directory / f"worker-{index}.out"
@@ -256,7 +306,7 @@ class WorkerPool:
         popen = subprocess.Popen(
             [*pgflow_command(), "worker", *flows, "--dsn", self.dsn, *options],
             cwd=self.directory,
-            env=subprocess_env(),
+            env=subprocess_env(self.env),
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
@@ -265,6 +315,8 @@ class WorkerPool:
         )
         worker = WorkerProcess(popen, log_path, [stdout, stderr])
         self.workers.append(worker)
+        if ready_timeout is None:
+            return worker
 
         def registered() -> bool:
             if not worker.alive():

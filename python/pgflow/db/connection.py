@@ -6,6 +6,12 @@ database (password removed) and the reason, and an unparsable DSN raises `Config
 default `connect_timeout` (so an unreachable host fails instead of hanging) and
 `application_name` (so `pg_stat_activity` shows who is connected) unless the DSN, the
 environment or the caller sets them.
+
+Pooled mode (`PGFLOW_POOLED=1`) is for a DSN that goes through a pooler in transaction mode
+(PgBouncer, Supavisor), where consecutive transactions of one client may run on different server
+connections, so nothing may be left in the session: connections never prepare statements, the
+worker leaves `synchronous_commit` alone, and LISTEN uses `PGFLOW_LISTEN_DSN` (a direct
+connection) or nothing at all, the worker then polling (`listen_dsn`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,45 @@ from pgflow.errors import ConfigError, DatabaseUnavailable, one_line
 
 DEFAULT_CONNECT_TIMEOUT = 10
 DEFAULT_APPLICATION_NAME = "pgflow"
+
+POOLED_ENV = "PGFLOW_POOLED"
+"""Set to 1 when the DSN goes through a pooler in transaction mode (see the module's text)."""
+LISTEN_DSN_ENV = "PGFLOW_LISTEN_DSN"
+"""A direct connection (not through the pooler) for LISTEN; without it a pooled worker polls."""
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def pooled() -> bool:
+    """True when `PGFLOW_POOLED` says the database is reached through a transaction pooler."""
+    value = os.environ.get(POOLED_ENV, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(
+        f"{POOLED_ENV}={os.environ[POOLED_ENV]!r} is not a yes/no value: set it to 1 when the "
+        "database is reached through a pooler in transaction mode, else 0 or nothing"
+    )
+
+
+def listen_dsn(dsn: str) -> str | None:
+    """Where to LISTEN for notifications meant for clients of `dsn`: `PGFLOW_LISTEN_DSN` when
+    set, else `dsn` itself, except in pooled mode (a pooler in transaction mode hands the
+    session that LISTENed to other clients between transactions): None, no listening."""
+    direct = os.environ.get(LISTEN_DSN_ENV, "").strip()
+    if direct:
+        return direct
+    return None if pooled() else dsn
+
+
+def commit_asynchronously(conn: psycopg.Connection[Any]) -> None:
+    """`synchronous_commit = off` for the rest of `conn`'s session, except in pooled mode, where
+    the setting would stay on a server connection that other clients (and their results) get
+    next: commits then stay synchronous."""
+    if not pooled():
+        conn.execute("set synchronous_commit = off")
 
 
 @overload
@@ -104,6 +149,9 @@ def connection_defaults(dsn: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         params.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
     if "application_name" not in given and "PGAPPNAME" not in os.environ:
         params.setdefault("application_name", DEFAULT_APPLICATION_NAME)
+    if pooled():
+        # a statement prepared in one transaction may be gone (or another's) in the next
+        params["prepare_threshold"] = None
     return params
 
 

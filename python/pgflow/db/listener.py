@@ -7,7 +7,9 @@ the run and step events the SQL sends on `pgflow_events`.
 The SQL sends one notification per transaction and flow when tasks become visible (Postgres folds
 identical notifications of a transaction), so a fan-out of 100,000 tasks wakes a worker once.
 Polling stays as the fallback: when the listener's connection is down, `alive` is False and the
-worker polls at its short interval until the listener has reconnected.
+worker polls at its short interval until the listener has reconnected. Behind a pooler in
+transaction mode the listener connects to `PGFLOW_LISTEN_DSN`, and without one it never starts
+(`connection.listen_dsn`): the worker then always polls at its short interval.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Callable, Collection
 import psycopg
 from psycopg import sql
 
-from pgflow.db.connection import connect
+from pgflow.db.connection import LISTEN_DSN_ENV, POOLED_ENV, connect, listen_dsn
 from pgflow.errors import PgflowError
 
 logger = logging.getLogger("pgflow.worker")
@@ -42,7 +44,7 @@ class ChannelListener:
         check_interval: float = 1.0,
         max_backoff: float = 10.0,
     ) -> None:
-        self.dsn = dsn
+        self.dsn = listen_dsn(dsn)
         self.channel = channel
         self.on_payload = on_payload
         self.check_interval = check_interval
@@ -57,12 +59,25 @@ class ChannelListener:
         """True while notifications are being received (the worker may poll less often)."""
         return self._alive.is_set()
 
+    @property
+    def enabled(self) -> bool:
+        """False in pooled mode without a listen DSN: nothing will ever be received."""
+        return self.dsn is not None
+
     def start(self) -> None:
+        if self.dsn is None:
+            logger.info(
+                "not listening on %s: %s is set and %s is not, so the worker polls",
+                self.channel,
+                POOLED_ENV,
+                LISTEN_DSN_ENV,
+            )
+            return
         self._thread.start()
 
     def wait_alive(self, timeout: float) -> bool:
         """Wait until the listener is connected and listening (False on timeout)."""
-        return self._alive.wait(timeout)
+        return self.enabled and self._alive.wait(timeout)
 
     def request_stop(self) -> None:
         """Ask the thread to stop at its next wake-up (see `stop`)."""
@@ -70,7 +85,8 @@ class ChannelListener:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.check_interval + 2)
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.check_interval + 2)
 
     def _run(self) -> None:
         backoff = 0.1
@@ -92,6 +108,7 @@ class ChannelListener:
                 self._close()
 
     def _listen(self) -> None:
+        assert self.dsn is not None  # start() runs the thread only with a DSN
         conn = connect(self.dsn, autocommit=True)
         self._conn = conn
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))

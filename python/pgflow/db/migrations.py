@@ -21,7 +21,12 @@ migration runs.
 
 Everything `migrate` changes happens while it holds a session advisory lock on
 `MIGRATION_LOCK_KEY` (advisory locks are per database), so several processes may call it at
-once: one migrates, the others wait and then find nothing left to do.
+once: one migrates, the others wait and then find nothing left to do. In pooled mode
+(`PGFLOW_POOLED`, a pooler in transaction mode, where consecutive transactions may run on
+different server connections and a session lock could be taken on one and released on another)
+each transaction takes the lock for itself instead and checks again under it that its migration
+is still unrecorded: several processes may then share the work, each migration still applied
+once and in order.
 
 pgmq comes from `create extension pgmq` when the server offers the extension, and otherwise from
 the SQL-only build shipped by the `pgmq` package on PyPI; the latter is recorded as a comment on
@@ -48,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from pgflow.db.connection import connect, describe_error
+from pgflow.db.connection import connect, describe_error, pooled
 from pgflow.db.dsn import redact
 from pgflow.errors import MigrationError, SchemaTooNew
 
@@ -58,8 +63,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MIGRATION_LOCK_KEY = int.from_bytes(b"pgflowmg", "big")
-"""Key of the session advisory lock held while migrating (far outside the int4 range of keys
+"""Key of the advisory lock held while migrating (far outside the int4 range of keys
 derived from `hashtext`, so it cannot collide with per-flow locks)."""
+
+_WAITING = "waiting for another pgflow migration of this database to finish"
 
 MIGRATION_FILE = re.compile(r"^(?P<version>\d{4,})_(?P<name>[a-z0-9_]+)\.sql$")
 SCHEMA_FILE = re.compile(
@@ -161,18 +168,29 @@ def migrate(
     """
     report = progress if progress is not None else logger.info
     shipped = load_migrations(migrations_dir)
-    with connect(conninfo) as conn, _migration_lock(conn, report):
-        with conn.transaction():
+    with connect(conninfo) as conn, _session_lock(conn, report):
+        locked = _MigrationLock(conn, report)
+        with locked.transaction():
             conn.execute(_BOOKKEEPING_SQL)
         applied = _read_applied(conn)
         _check_compatible(applied, shipped)
-        _ensure_pgmq(conn, report)
+        with locked.transaction():
+            _ensure_pgmq(conn, report)
         done: list[str] = []
         for migration in shipped:
-            if migration.version not in applied:
+            if migration.version in applied:
+                continue
+            with locked.transaction():
+                # another process may have applied it while we waited for the lock
+                if _scalar(
+                    conn,
+                    "select exists (select from pgflow.migrations where version = %s)",
+                    (migration.version,),
+                ):
+                    continue
                 _apply(conn, migration)
-                report(f"applied {migration.label}")
-                done.append(migration.label)
+            report(f"applied {migration.label}")
+            done.append(migration.label)
         return done
 
 
@@ -292,10 +310,14 @@ def _read_migration(entry: Traversable, version: int, name: str) -> Migration:
 
 
 @contextmanager
-def _migration_lock(conn: psycopg.Connection[Any], report: Progress) -> Iterator[None]:
-    """Hold the migration advisory lock for the session, releasing it however we leave."""
+def _session_lock(conn: psycopg.Connection[Any], report: Progress) -> Iterator[None]:
+    """Hold the migration advisory lock for the session, releasing it however we leave (not in
+    pooled mode: there `_MigrationLock` takes it in each transaction)."""
+    if pooled():
+        yield
+        return
     if not _scalar(conn, "select pg_try_advisory_lock(%s)", (MIGRATION_LOCK_KEY,)):
-        report("waiting for another pgflow migration of this database to finish")
+        report(_WAITING)
         conn.execute("select pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
     conn.commit()  # the lock is session-level: it survives this and every later transaction
     try:
@@ -305,6 +327,31 @@ def _migration_lock(conn: psycopg.Connection[Any], report: Progress) -> Iterator
             conn.rollback()
             conn.execute("select pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
             conn.commit()
+
+
+class _MigrationLock:
+    """Transactions that hold the migration lock in pooled mode (else the session holds it);
+    says once that it waits for another process."""
+
+    def __init__(self, conn: psycopg.Connection[Any], report: Progress) -> None:
+        self.conn = conn
+        self.report = report
+        self.waited = False
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.conn.transaction():
+            if not pooled():
+                yield
+                return
+            if not _scalar(
+                self.conn, "select pg_try_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,)
+            ):
+                if not self.waited:
+                    self.report(_WAITING)
+                    self.waited = True
+                self.conn.execute("select pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            yield
 
 
 def _read_applied(conn: psycopg.Connection[Any]) -> dict[int, AppliedMigration]:

@@ -38,7 +38,7 @@ from typing import Any
 
 import psycopg
 
-from pgflow.db.connection import connect
+from pgflow.db.connection import commit_asynchronously, connect
 from pgflow.db.dsn import redact, resolve_dsn
 from pgflow.db.listener import EVENTS_CHANNEL, TASKS_CHANNEL, ChannelListener, task_listener
 from pgflow.errors import PgflowError, one_line
@@ -468,7 +468,7 @@ class Worker:
                 # crashes before a claim is durable, the task is simply claimed again after its
                 # visibility timeout. Results go through the reporter's connection, which keeps
                 # synchronous commit, so no completion is ever acknowledged and then lost.
-                conn.execute("set synchronous_commit = off")
+                commit_asynchronously(conn)
                 return conn
             except PgflowError as exc:
                 if self._stopping.is_set() or not self._started.is_set():
