@@ -10,6 +10,7 @@ typed ones. The per-task path reads the queue (`pgflow.read_with_poll`) and call
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -21,6 +22,8 @@ from pgflow import codec
 from pgflow.codec import MODE_DEPS, MODE_FLOW_INPUT, MODE_MAP
 from pgflow.errors import CoreError, InputValidationError, PgflowError
 from pgflow.flow import Flow
+
+logger = logging.getLogger("pgflow.worker")
 
 T = TypeVar("T")
 
@@ -74,11 +77,15 @@ def rows_to_tasks(
     """Tasks with their inputs from the rows of `claim_tasks` (or of a report that claimed)."""
     tasks: list[ClaimedTask] = []
     blobs: dict[str, str] = {}
+    dead: list[int] = []
     assembled = _Group(flow)
     with_payload = _Group(flow)
     for kind, msg_id, run_id, step_slug, task_index, attempt, mode, deps, payload in rows:
         if kind == "blob":
             blobs[f"{run_id}:{step_slug}"] = payload
+            continue
+        if kind == "dead":
+            dead.append(msg_id)
             continue
         task = ClaimedTask(msg_id, run_id, step_slug, task_index, attempt)
         tasks.append(task)
@@ -91,6 +98,14 @@ def rows_to_tasks(
         lambda specs: codec.assemble_inputs(specs, blobs),
     )
     with_payload.fill(codec.decode_many, _as_bytes)
+    if dead:
+        logger.warning(
+            "archived %d message(s) of flow %s's queue that no task could use (duplicates, or "
+            "for tasks that finished, were cancelled or do not exist): msg_id %s",
+            len(dead),
+            flow.slug,
+            ", ".join(map(str, dead[:20])) + (", ..." if len(dead) > 20 else ""),
+        )
     run_inputs = {key[:-1]: raw for key, raw in blobs.items() if key.endswith(":")}
     return tasks, run_inputs
 

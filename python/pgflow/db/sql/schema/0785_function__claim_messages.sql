@@ -1,5 +1,7 @@
 -- Starts the tasks of messages a claim has just read and hidden, and returns the rows of
--- claim_tasks (see there). Messages whose task can no longer run are archived. Called by
+-- claim_tasks (see there). Messages whose task can no longer run (a duplicate, a message for a
+-- task that finished, was cancelled or does not exist) are archived, each returned as a row of
+-- kind 'dead' with its msg_id. Called by
 -- claim_tasks and report_and_claim only, with their owner's rights.
 create or replace function pgflow._claim_messages(
   p_flow_slug text,
@@ -85,6 +87,11 @@ begin
          select 1 from pgflow.step_tasks t
           where t.flow_slug = v_slug and t.message_id = m.id and t.status in ('queued', 'started'));
     perform pgflow._archive_messages(v_slug, v_dead);
+    -- one row of kind 'dead' per archived message, so that the worker can say so
+    return query
+    select 'dead'::text, d.id, null::text, null::text, null::int, null::int, null::int,
+           null::text[], null::text
+      from unnest(v_dead) d(id);
   end if;
 
   -- parents of dependent maps: small arrays go once as a blob and are sliced by the worker;

@@ -3,7 +3,7 @@
 --
 -- Claims up to qty visible tasks of a flow in one round trip: reads their messages (hiding each
 -- for its step's timeout + 2 s), starts the tasks, and returns what a worker needs to build the
--- handler inputs, as raw JSON text. Two kinds of rows:
+-- handler inputs, as raw JSON text. Three kinds of rows:
 --   kind 'task': msg_id, run_id, step_slug, task_index, attempt, mode, deps, payload
 --       mode 0: input is the run input (blob run_id + '')
 --       mode 1: input is {dep: output} of the deps listed (blobs run_id + dep; a dep without a
@@ -13,7 +13,8 @@
 --       mode 3: input is payload itself (an element of a large parent array, cut out here so the
 --               whole array is not sent for every batch)
 --   kind 'blob': run_id, step_slug ('' for the run input), payload: each blob once per call.
--- Messages whose task can no longer run (finished, cancelled, or gone) are archived. Starting
+--   kind 'dead': msg_id of a message archived because its task can no longer run (a duplicate,
+--       or its task finished, was cancelled or is gone). Starting
 -- the tasks of the messages read is pgflow._claim_messages, shared with report_and_claim.
 create or replace function pgflow.claim_tasks(
   flow_slug text,
