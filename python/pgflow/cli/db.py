@@ -1,18 +1,35 @@
-"""`pgflow db`: install pgmq, apply migrations, and show the database's state."""
+"""`pgflow db`: install pgmq, apply migrations, show the database's state, grant the pgflow
+roles."""
 
 from __future__ import annotations
 
 import argparse
 
-from pgflow.cli.parser import EXIT_OK, Subparsers, add_command, add_group
+from pgflow.cli.parser import EXIT_OK, Subparsers, add_command, add_group, database
 from pgflow.db.dsn import redact, resolve_dsn
 from pgflow.db.migrations import MigrationStatus, migrate, status
+from pgflow.db.roles import CLIENT_ROLE, WORKER_ROLE, grant_roles
 
 
 def register(commands: Subparsers) -> None:
     db = add_group(commands, "db", "Database schema: migrate and inspect.")
     add_command(db, "migrate", cmd_migrate, "Install pgmq and apply pending migrations.")
     add_command(db, "status", cmd_status, "Show the database, pgmq and migration state.")
+    p = add_command(
+        db,
+        "grant",
+        cmd_grant,
+        f"Make logins members of {WORKER_ROLE} (runs `pgflow worker`) or {CLIENT_ROLE} (starts "
+        "and watches runs); see docs/security.md.",
+    )
+    for option, role in (("--worker", WORKER_ROLE), ("--client", CLIENT_ROLE)):
+        p.add_argument(
+            option,
+            action="append",
+            default=[],
+            metavar="ROLE",
+            help=f"grant {role} to this login (repeatable)",
+        )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -50,6 +67,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("warning: migrations changed since they were applied: " + ", ".join(state.modified))
     if state.pending and not state.schema_too_new:
         print("run `pgflow db migrate` to apply the pending migrations")
+    return EXIT_OK
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    for done in grant_roles(database(args, announce=True), worker=args.worker, client=args.client):
+        if done.already:
+            print(f"{done.login} already has {done.role}")
+        else:
+            print(f"granted {done.role} to {done.login}")
     return EXIT_OK
 
 
