@@ -1,13 +1,17 @@
 """`pgflow db`: install pgmq, apply migrations, show the database's state, grant the pgflow
-roles."""
+roles, delete old data."""
 
 from __future__ import annotations
 
 import argparse
+import re
+from datetime import timedelta
 
 from pgflow.cli.parser import EXIT_OK, Subparsers, add_command, add_group, database
+from pgflow.cli.progress import ticking
 from pgflow.db.dsn import redact, resolve_dsn
 from pgflow.db.migrations import MigrationStatus, migrate, status
+from pgflow.db.prune import Pruned, prune
 from pgflow.db.roles import CLIENT_ROLE, WORKER_ROLE, grant_roles
 
 
@@ -30,6 +34,24 @@ def register(commands: Subparsers) -> None:
             metavar="ROLE",
             help=f"grant {role} to this login (repeatable)",
         )
+
+    p = add_command(
+        db,
+        "prune",
+        cmd_prune,
+        "Delete finished runs (with their steps, tasks and messages), dead workers and archived "
+        "queue messages older than a duration (as the owner of schema pgflow).",
+    )
+    p.add_argument(
+        "--older-than",
+        required=True,
+        type=duration,
+        metavar="DURATION",
+        help="e.g. 30m, 12h, 7d, 2w (units: s, m, h, d, w)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="count what would be deleted, delete nothing"
+    )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -77,6 +99,54 @@ def cmd_grant(args: argparse.Namespace) -> int:
         else:
             print(f"granted {done.role} to {done.login}")
     return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    dsn = database(args, announce=True)
+    what = "counting what would go" if args.dry_run else "pruning"
+    with ticking(f"{what}: data older than {_age(args.older_than)}"):
+        pruned = prune(dsn, args.older_than, dry_run=args.dry_run)
+    print(
+        f"{'would delete' if pruned.dry_run else 'deleted'} (older than {_age(args.older_than)}):"
+    )
+    for label, count in _counts(pruned):
+        print(f"  {label:<18} {count:>8}")
+    if pruned.dry_run:
+        print("dry run: nothing was deleted")
+    return EXIT_OK
+
+
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DURATION = re.compile(r"\s*(\d+)\s*([smhdw])\s*")
+
+
+def duration(text: str) -> timedelta:
+    """Parse `30m`, `12h`, `7d`, `2w` (also `45s`) into a timedelta."""
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 30m, 12h, 7d or 2w (units s, m, h, d, w), got {text!r}"
+        )
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def _age(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size} {unit}(s)"
+    return f"{seconds} second(s)"
+
+
+def _counts(pruned: Pruned) -> list[tuple[str, int]]:
+    return [
+        ("runs", pruned.runs),
+        ("step states", pruned.step_states),
+        ("step tasks", pruned.step_tasks),
+        ("queued messages", pruned.queued_messages),
+        ("archived messages", pruned.archived_messages),
+        ("workers", pruned.workers),
+    ]
 
 
 def _labels(state: MigrationStatus) -> list[str]:
