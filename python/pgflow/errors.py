@@ -9,6 +9,7 @@ what to do. They never contain a database password. All of them are exported fro
     ├── DatabaseUnavailable          PostgreSQL cannot be reached
     ├── EmbeddedUnavailable          the embedded server is missing or does not start
     ├── MigrationError               the schema cannot be brought up to date
+    ├── GrantError                   a pgflow role cannot be granted to a login
     │   └── SchemaTooNew             ... because a newer pgflow migrated it
     ├── FlowDefinitionError          a flow is defined wrongly (at definition time)
     ├── UnknownStepError             a step slug the flow does not define (also LookupError)
@@ -84,6 +85,11 @@ class SchemaTooNew(MigrationError):
         super().__init__(message)
         self.database_version = database_version
         self.package_version = package_version
+
+
+class GrantError(PgflowError):
+    """`pgflow db grant` cannot grant a pgflow role: the login or the role does not exist, the
+    database is not migrated, or the connected role may not grant."""
 
 
 # -- flows ------------------------------------------------------------------------------------------
@@ -276,6 +282,7 @@ __all__ = [
     "FlowInputUnavailable",
     "FlowLoadError",
     "FlowMismatch",
+    "GrantError",
     "HandlerOutputError",
     "InputValidationError",
     "InvalidJson",

@@ -1,4 +1,4 @@
-"""`pgflow db migrate` / `pgflow db status` and the command's error handling, run as a user would:
+"""`pgflow db migrate` / `pgflow db status` / `pgflow db prune` and the command's error handling, run as a user would:
 the installed command in a subprocess."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Callable
 
+import psycopg
 import psycopg.conninfo
 import pytest
 
@@ -137,3 +138,52 @@ def test_help_lists_the_db_commands(run_pgflow: Run) -> None:
     assert result.returncode == 0
     assert "migrate" in result.stdout
     assert "status" in result.stdout
+
+
+# -- prune ----------------------------------------------------------------------------------------
+
+
+def _finished_run(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("select pgflow.create_flow('cli_prune', max_attempts => 1)")
+        conn.execute("select pgflow.add_step('cli_prune', 'a')")
+        run_id = conn.execute("select run_id from pgflow.start_flow('cli_prune', '{}')").fetchone()[
+            0
+        ]  # type: ignore[index]
+        conn.execute("select pgflow.cancel_run(%s)", (run_id,))
+
+
+def _run_count(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute("select count(*) from pgflow.runs").fetchone()[0])  # type: ignore[index]
+
+
+def test_prune_dry_run_counts_then_prune_deletes(db_dsn: str, run_pgflow: Run) -> None:
+    _finished_run(db_dsn)
+    kept = run_pgflow("db", "prune", "--older-than", "2w", "--dsn", db_dsn)
+    assert kept.returncode == 0, kept.stderr
+    assert "  runs                      0" in kept.stdout.splitlines()
+    assert "(older than 14 day(s))" in kept.stdout
+
+    dry = run_pgflow("db", "prune", "--older-than", "0s", "--dry-run", "--dsn", db_dsn)
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert lines[0] == "would delete (older than 0 second(s)):"
+    assert "  runs                      1" in lines
+    assert "  step tasks                1" in lines
+    assert lines[-1] == "dry run: nothing was deleted"
+    assert _run_count(db_dsn) == 1
+
+    real = run_pgflow("db", "prune", "--older-than", "0s", "--dsn", db_dsn)
+    assert real.returncode == 0, real.stderr
+    assert real.stdout.splitlines()[0] == "deleted (older than 0 second(s)):"
+    assert real.stdout.splitlines()[1:] == lines[1:-1]
+    assert _run_count(db_dsn) == 0
+
+
+@pytest.mark.parametrize("bad", ["7", "7x", "-1d", "1.5h", "d"])
+def test_prune_rejects_a_malformed_duration(bad: str, run_pgflow: Run) -> None:
+    result = run_pgflow("db", "prune", f"--older-than={bad}", "--dsn", UNREACHABLE)
+    assert result.returncode == 2
+    assert "expected a duration like 30m, 12h, 7d or 2w" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -252,10 +252,33 @@ def test_worker_reconnects_after_its_connections_are_terminated(
     ).fetchall()
     assert attempts == [(1,)]  # no result was lost, so nothing ran twice
     assert worker.alive(), worker.describe()
-    assert "reconnecting" in worker.log()
+    # each connection says it was lost and that it is back
+    for message in (
+        "database connection lost",
+        "database connection restored",
+        "listener lost its connection",
+        "listener reconnected",
+        "could not report",
+        "reporter reconnected; reported",
+    ):
+        worker.wait_for_log(message)
 
     worker.send(signal.SIGTERM)
     assert worker.wait_exit(60) == 0, worker.describe()
+    assert_timestamped(worker.log())
+
+
+# local time with its UTC offset, to the millisecond, then the level
+TIMESTAMPED = re.compile(
+    r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S"
+)
+
+
+def assert_timestamped(log: str) -> None:
+    lines = log.splitlines()
+    assert lines, "the worker logged nothing"
+    untimed = [line for line in lines if not TIMESTAMPED.match(line)]
+    assert not untimed, log
 
 
 def test_sigterm_finishes_in_flight_tasks_then_exits_0(
@@ -273,6 +296,7 @@ def test_sigterm_finishes_in_flight_tasks_then_exits_0(
     worker.wait_for_log("received SIGTERM")
     gate.touch()
     assert worker.wait_exit(60) == 0, worker.describe()
+    assert_timestamped(worker.log())
 
     rows = conn.execute(
         "select task_index, status, output, attempts_count from pgflow.step_tasks "

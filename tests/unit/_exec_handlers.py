@@ -118,6 +118,16 @@ def log_something(value: Any, ctx: Context) -> None:
 
 
 @flow.step()
+def log_every_level(value: Any, ctx: Context) -> None:
+    for level in ("debug", "info", "warning", "error", "critical"):
+        getattr(ctx.logger, level)("%s from %s", level, value)
+    try:
+        raise ValueError("the reason")
+    except ValueError:
+        ctx.logger.exception("caught while handling %s", value)
+
+
+@flow.step()
 def unpicklable(value: Any) -> Any:
     return threading.Lock()
 

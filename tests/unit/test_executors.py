@@ -214,6 +214,39 @@ def test_handler_logs_carry_task_identifiers(
     assert record.__dict__["step_slug"] == "log_something"
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_handler_logs_arrive_at_every_level_with_exception_text(
+    name: str, make_executor: MakeExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As `pgflow worker` sets it up: the root at WARNING, pgflow's loggers more verbose. A
+    # process child must honour the step logger's own level, not only the root's.
+    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.DEBUG, logger="pgflow.step")
+    executor = make_executor(name)
+    results = Results()
+    job = make_job("log_every_level", "abc")
+    executor.submit(job, results)
+    assert results.wait_for(job.key).ok
+    name_ = "pgflow.step.exec_tests.log_every_level"
+
+    def records() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == name_]
+
+    wait_until(lambda: len(records()) == 6, "six log records from the handler")
+    assert [(r.levelname, r.getMessage()) for r in records()] == [
+        ("DEBUG", "debug from abc"),
+        ("INFO", "info from abc"),
+        ("WARNING", "warning from abc"),
+        ("ERROR", "error from abc"),
+        ("CRITICAL", "critical from abc"),
+        ("ERROR", "caught while handling abc"),
+    ]
+    assert all(r.__dict__["run_id"] == job.run_id for r in records())
+    formatted = logging.Formatter().format(records()[-1])
+    assert "Traceback (most recent call last)" in formatted
+    assert "ValueError: the reason" in formatted
+
+
 # -- timeouts --------------------------------------------------------------------------------------
 
 

@@ -125,3 +125,61 @@ def test_an_attribute_that_is_not_a_flow_is_rejected(write_module: WriteModule) 
     message = str(load_error("flowmod_other:not_a_flow"))
     assert "cannot load flow 'flowmod_other:not_a_flow': it is a dict, not a pgflow Flow" in message
     assert "is a function, not a pgflow Flow" in str(load_error("flowmod_other:first"))
+
+
+# -- a module that fails while being imported: what failed and where, in the user's file ---------
+
+
+def test_a_syntax_error_names_its_file_and_line(write_module: WriteModule, tmp_path: Path) -> None:
+    write_module("flowmod_syntax", 'from pgflow.flow import Flow\nflow = Flow("x"\n')
+    message = str(load_error("flowmod_syntax:flow"))
+    assert message.startswith(
+        "cannot load flow 'flowmod_syntax:flow': importing module 'flowmod_syntax' failed: "
+        "SyntaxError: "
+    )
+    assert f'(at {tmp_path / "flowmod_syntax.py"}:2: flow = Flow("x")' in message
+
+
+def test_an_exception_at_import_points_at_the_raising_line(
+    write_module: WriteModule, tmp_path: Path
+) -> None:
+    write_module(
+        "flowmod_env",
+        'import os\nfrom pgflow.flow import Flow\nKEY = os.environ["PGFLOW_NO_SUCH_VAR"]\n',
+    )
+    error = load_error("flowmod_env:flow")
+    # os.environ raises inside the standard library; the location is the user's line
+    assert str(error) == (
+        "cannot load flow 'flowmod_env:flow': importing module 'flowmod_env' failed: "
+        f"KeyError: 'PGFLOW_NO_SUCH_VAR' (at {tmp_path / 'flowmod_env.py'}:3: "
+        'KEY = os.environ["PGFLOW_NO_SUCH_VAR"])'
+    )
+    assert isinstance(error.__cause__, KeyError)
+
+
+def test_a_failing_import_deeper_in_the_users_code_points_there(
+    write_module: WriteModule, tmp_path: Path
+) -> None:
+    write_module("flowmod_helper", "x = 1\nimport no_such_dependency_module\n")
+    write_module("flowmod_outer", "import flowmod_helper\n")
+    message = str(load_error("flowmod_outer:flow"))
+    assert message.endswith(
+        f"(at {tmp_path / 'flowmod_helper.py'}:2: import no_such_dependency_module)"
+    )
+
+
+def test_a_definition_error_keeps_its_type_and_gains_the_location(
+    write_module: WriteModule, tmp_path: Path
+) -> None:
+    write_module(
+        "flowmod_step_kw",
+        'from pgflow.flow import Flow\nflow = Flow("x")\n@flow.step(retrys=2)\ndef a(v):\n'
+        "    return v\n",
+    )
+    with pytest.raises(FlowDefinitionError) as caught:
+        load_flow("flowmod_step_kw:flow")
+    assert "unknown option 'retrys'" in str(caught.value)
+    assert str(caught.value).endswith(
+        f"(at {tmp_path / 'flowmod_step_kw.py'}:3: @flow.step(retrys=2))"
+    )
+    assert (caught.value.flow_slug, caught.value.step_slug) == ("x", "a")

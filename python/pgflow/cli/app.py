@@ -20,6 +20,7 @@ import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TextIO
 
 import psycopg
@@ -98,10 +99,18 @@ def _print_error(message: str, exc: BaseException | None, with_traceback: bool) 
 
 
 class _RedactingFormatter(logging.Formatter):
-    """Log lines pass through `redact`, so a DSN in a log message never shows its password."""
+    """Log lines pass through `redact`, so a DSN in a log message never shows its password.
+
+    Times are ISO 8601 in local time with the UTC offset and milliseconds
+    (`2026-05-09T14:03:07.412+02:00`), so lines from machines in other time zones compare.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        moment = datetime.fromtimestamp(record.created).astimezone()
+        return moment.isoformat(timespec="milliseconds")
 
 
 _handler: logging.Handler | None = None
@@ -113,7 +122,11 @@ def _configure_logging(debug: bool, stream: TextIO | None = None) -> None:
     if _handler is not None:
         root.removeHandler(_handler)
     _handler = logging.StreamHandler(stream or sys.stderr)
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s" if debug else "%(message)s"
+    fmt = (
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        if debug
+        else "%(asctime)s %(levelname)s %(message)s"
+    )
     _handler.setFormatter(_RedactingFormatter(fmt))
     root.addHandler(_handler)
     root.setLevel(logging.DEBUG if debug else logging.WARNING)

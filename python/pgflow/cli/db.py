@@ -1,18 +1,57 @@
-"""`pgflow db`: install pgmq, apply migrations, and show the database's state."""
+"""`pgflow db`: install pgmq, apply migrations, show the database's state, grant the pgflow
+roles, delete old data."""
 
 from __future__ import annotations
 
 import argparse
+import re
+from datetime import timedelta
 
-from pgflow.cli.parser import EXIT_OK, Subparsers, add_command, add_group
+from pgflow.cli.parser import EXIT_OK, Subparsers, add_command, add_group, database
+from pgflow.cli.progress import ticking
 from pgflow.db.dsn import redact, resolve_dsn
 from pgflow.db.migrations import MigrationStatus, migrate, status
+from pgflow.db.prune import Pruned, prune
+from pgflow.db.roles import CLIENT_ROLE, WORKER_ROLE, grant_roles
 
 
 def register(commands: Subparsers) -> None:
     db = add_group(commands, "db", "Database schema: migrate and inspect.")
     add_command(db, "migrate", cmd_migrate, "Install pgmq and apply pending migrations.")
     add_command(db, "status", cmd_status, "Show the database, pgmq and migration state.")
+    p = add_command(
+        db,
+        "grant",
+        cmd_grant,
+        f"Make logins members of {WORKER_ROLE} (runs `pgflow worker`) or {CLIENT_ROLE} (starts "
+        "and watches runs); see docs/security.md.",
+    )
+    for option, role in (("--worker", WORKER_ROLE), ("--client", CLIENT_ROLE)):
+        p.add_argument(
+            option,
+            action="append",
+            default=[],
+            metavar="ROLE",
+            help=f"grant {role} to this login (repeatable)",
+        )
+
+    p = add_command(
+        db,
+        "prune",
+        cmd_prune,
+        "Delete finished runs (with their steps, tasks and messages), dead workers and archived "
+        "queue messages older than a duration (as the owner of schema pgflow).",
+    )
+    p.add_argument(
+        "--older-than",
+        required=True,
+        type=duration,
+        metavar="DURATION",
+        help="e.g. 30m, 12h, 7d, 2w (units: s, m, h, d, w)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="count what would be deleted, delete nothing"
+    )
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -51,6 +90,63 @@ def cmd_status(args: argparse.Namespace) -> int:
     if state.pending and not state.schema_too_new:
         print("run `pgflow db migrate` to apply the pending migrations")
     return EXIT_OK
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    for done in grant_roles(database(args, announce=True), worker=args.worker, client=args.client):
+        if done.already:
+            print(f"{done.login} already has {done.role}")
+        else:
+            print(f"granted {done.role} to {done.login}")
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    dsn = database(args, announce=True)
+    what = "counting what would go" if args.dry_run else "pruning"
+    with ticking(f"{what}: data older than {_age(args.older_than)}"):
+        pruned = prune(dsn, args.older_than, dry_run=args.dry_run)
+    print(
+        f"{'would delete' if pruned.dry_run else 'deleted'} (older than {_age(args.older_than)}):"
+    )
+    for label, count in _counts(pruned):
+        print(f"  {label:<18} {count:>8}")
+    if pruned.dry_run:
+        print("dry run: nothing was deleted")
+    return EXIT_OK
+
+
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DURATION = re.compile(r"\s*(\d+)\s*([smhdw])\s*")
+
+
+def duration(text: str) -> timedelta:
+    """Parse `30m`, `12h`, `7d`, `2w` (also `45s`) into a timedelta."""
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 30m, 12h, 7d or 2w (units s, m, h, d, w), got {text!r}"
+        )
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def _age(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size} {unit}(s)"
+    return f"{seconds} second(s)"
+
+
+def _counts(pruned: Pruned) -> list[tuple[str, int]]:
+    return [
+        ("runs", pruned.runs),
+        ("step states", pruned.step_states),
+        ("step tasks", pruned.step_tasks),
+        ("queued messages", pruned.queued_messages),
+        ("archived messages", pruned.archived_messages),
+        ("workers", pruned.workers),
+    ]
 
 
 def _labels(state: MigrationStatus) -> list[str]:

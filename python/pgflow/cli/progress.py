@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import TextIO
 
 
@@ -42,3 +45,28 @@ class StatusLine:
 
     def __call__(self, text: str) -> None:
         self.update(text)
+
+
+@contextlib.contextmanager
+def ticking(text: str, *, after: float = 1.0, stream: TextIO | None = None) -> Iterator[None]:
+    """Show `text` with the seconds elapsed while the block runs, for one long call that
+    reports no progress of its own; nothing when it finishes within `after` seconds."""
+    line = StatusLine(stream)
+    done = threading.Event()
+    started = time.monotonic()
+
+    def tick() -> None:
+        if done.wait(after):
+            return
+        while not done.is_set():
+            line.update(f"{text} ({time.monotonic() - started:.0f}s)")
+            done.wait(0.5)
+
+    thread = threading.Thread(target=tick, name="pgflow-status-line", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        line.clear()

@@ -161,6 +161,12 @@ def unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"cannot connect to PostgreSQL at {redact(dsn)}: {reason}")
 
 
+def scalar(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> Any:
+    """The first column of the first row of `query` (None when it returns no row)."""
+    row = conn.execute(query, params or None).fetchone()
+    return None if row is None else row[0]
+
+
 def describe_error(exc: BaseException, dsn: str | None = None) -> str:
     """One line describing a (psycopg) error, without passwords.
 

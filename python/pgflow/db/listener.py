@@ -53,6 +53,7 @@ class ChannelListener:
         self._alive = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"pgflow-{channel}", daemon=True)
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._lost = False  # since the last connection; says so when it is back
 
     @property
     def alive(self) -> bool:
@@ -98,6 +99,7 @@ class ChannelListener:
                 self._alive.clear()
                 if self._stop.is_set():
                     break
+                self._lost = True
                 logger.warning(
                     "listener lost its connection (%s); reconnecting", type(exc).__name__
                 )
@@ -113,6 +115,9 @@ class ChannelListener:
         self._conn = conn
         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
         self._alive.set()
+        if self._lost:
+            self._lost = False
+            logger.info("listener reconnected")
         self.on_payload(None)
         while not self._stop.is_set():
             for notify in conn.notifies(timeout=self.check_interval):

@@ -54,6 +54,7 @@ import psycopg
 from psycopg import sql
 
 from pgflow.db.connection import connect, describe_error, pooled
+from pgflow.db.connection import scalar as _scalar
 from pgflow.db.dsn import redact
 from pgflow.errors import MigrationError, SchemaTooNew
 
@@ -512,8 +513,3 @@ def _install_pgmq_sql(conn: psycopg.Connection[Any], report: Progress) -> None:
             f"installing pgmq from its SQL-only build failed: {describe_error(cause)}"
         ) from exc
     report(f"installed pgmq {version} (SQL-only build)")
-
-
-def _scalar(conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()) -> Any:
-    row = conn.execute(query, params or None).fetchone()
-    return None if row is None else row[0]

@@ -383,7 +383,7 @@ class ProcessExecutor(Executor):
             args=(
                 child_end,
                 self._shutdown_signal,
-                logging.getLogger().getEffectiveLevel(),
+                _logging_levels(),
                 self.load_flow_input is not None,
                 clock,
             ),
@@ -858,8 +858,25 @@ def _unsendable_output(key: Hashable, exc: Exception) -> JobResult:
     )
 
 
+def _logging_levels() -> dict[str, int]:
+    """The levels set on the worker's loggers (root under ""), for its children to copy.
+
+    Copying only the root's level would drop what the worker logs from a more verbose logger
+    than the root: the CLI keeps the root at WARNING and `pgflow` (so `ctx.logger`) at INFO.
+    """
+    levels = {"": logging.getLogger().level}
+    for name, item in logging.Logger.manager.loggerDict.items():
+        if isinstance(item, logging.Logger) and item.level != logging.NOTSET:
+            levels[name] = item.level
+    return levels
+
+
 def _child_main(
-    conn: Connection, shutdown: ShutdownSignal, log_level: int, has_loader: bool, clock: Any
+    conn: Connection,
+    shutdown: ShutdownSignal,
+    log_levels: dict[str, int],
+    has_loader: bool,
+    clock: Any,
 ) -> None:
     """Entry point of a child process (must stay importable at module level for spawn)."""
     # Ctrl-C in a terminal signals the whole process group; the worker alone decides to stop.
@@ -867,7 +884,8 @@ def _child_main(
     runtime = _ChildRuntime(conn, shutdown, has_loader, clock)
     root = logging.getLogger()
     root.handlers[:] = [_ForwardLogs(runtime.send)]
-    root.setLevel(log_level)
+    for name, level in log_levels.items():
+        logging.getLogger(name or None).setLevel(level)
     # OSError/ValueError: the worker closed the connection while we wrote; it is shutting down.
     with contextlib.suppress(OSError, ValueError):
         runtime.serve()

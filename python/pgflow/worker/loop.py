@@ -490,6 +490,7 @@ class Worker:
                             return None  # the stop came while the database was down
                         raise
                     self._register()
+                    logger.info("database connection restored")
                 return action()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 logger.warning(

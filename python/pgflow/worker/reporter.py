@@ -112,15 +112,21 @@ class Reporter:
     ) -> tuple[bool, list[tuple[Any, ...]] | None]:
         """(False when abandoned, the rows claimed or None when the report did not claim)."""
         delay = 0.1
+        retried = False
         while True:
             try:
                 if self._conn is None or self._conn.closed:
                     self._conn = connect(self.dsn, autocommit=True, prepare_threshold=None)
+                claimed = None
                 if offer is not None:
-                    return True, self.sink.report_and_claim(self._conn, batch, offer)
-                self.sink.report(self._conn, batch)
-                return True, None
+                    claimed = self.sink.report_and_claim(self._conn, batch, offer)
+                else:
+                    self.sink.report(self._conn, batch)
+                if retried:
+                    logger.info("reporter reconnected; reported %d result(s)", len(batch))
+                return True, claimed
             except (psycopg.OperationalError, psycopg.InterfaceError, PgflowError) as exc:
+                retried = True
                 logger.warning(
                     "could not report %d result(s) (%s); retrying in %.1fs",
                     len(batch),
