@@ -12,7 +12,7 @@ from contract_helpers import Conn, rows
 from worker_helpers import CONCURRENCY, POLL_INTERVAL, Mode, RunningWorker, modes
 
 from pgflow.client import Client
-from pgflow.errors import ConfigError
+from pgflow.errors import ConfigError, FlowDefinitionError
 from pgflow.flow import Flow
 from pgflow.worker import Worker, WorkerOptions
 
@@ -126,3 +126,18 @@ def test_a_huge_input_is_carried_whole(db_dsn: str) -> None:
         worker.stop()
     assert run.status == "completed"
     assert run.output == {"same": payload}
+
+
+@pytest.mark.parametrize(
+    "slug", ["x'); drop table pgflow.runs; --", 'a"; delete from pgflow.flows']
+)
+def test_slugs_shaped_like_sql_are_refused_and_change_nothing(
+    db_dsn: str, conn: Conn, slug: str
+) -> None:
+    with pytest.raises(FlowDefinitionError, match="must start with a letter or underscore"):
+        Flow(slug)
+    before = rows(conn, "select count(*) as n from pgflow.flows")
+    with Client(db_dsn) as client, pytest.raises(ConfigError, match="does not exist"):
+        client.start(slug, {})
+    assert rows(conn, "select count(*) as n from pgflow.flows") == before
+    assert rows(conn, "select to_regclass('pgflow.runs') is not null as runs") == [{"runs": True}]
