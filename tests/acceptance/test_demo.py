@@ -103,12 +103,20 @@ def _stop_embedded_server(python: Path, data_dir: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_demo_from_the_wheel_in_a_fresh_venv_uses_the_embedded_server(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> None:
+def test_demo_from_the_wheel_in_a_fresh_venv_uses_the_embedded_server() -> None:
+    # Not under pytest's private (0700) base directory: as root the embedded server runs as
+    # another user, who must be able to reach the programs installed in this venv.
+    work = Path(tempfile.mkdtemp(prefix="pgflow-demo-wheel-"))
+    work.chmod(0o755)
+    try:
+        _demo_from_the_wheel(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _demo_from_the_wheel(work: Path) -> None:
     from test_wheel import build_wheel, run
 
-    work = tmp_path_factory.mktemp("demo-wheel")
     wheel = build_wheel(work / "dist")
     venv = work / "venv"
     run([sys.executable, "-m", "venv", str(venv)], cwd=work, timeout=300)
