@@ -10,6 +10,8 @@ real workers.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 from typing import Any
 
@@ -116,8 +118,9 @@ def test_a_zombie_worker_reporting_after_its_task_completed_elsewhere_changes_no
 
 
 def test_duplicate_foreign_and_malformed_messages_are_archived_and_runs_complete(
-    db_dsn: str, conn: Conn
+    db_dsn: str, conn: Conn, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="pgflow.worker")
     a_release.set()  # worker A's handler returns at once here
     with Client(db_dsn) as client:
         client.start(zombie_a, {"n": 0})  # compiles the flow; no worker yet
@@ -151,4 +154,10 @@ def test_duplicate_foreign_and_malformed_messages_are_archived_and_runs_complete
             worker.stop()
     archived = {r["msg_id"] for r in rows(conn, f"select msg_id from pgmq.a_{SLUG}")}
     assert set(strays) <= archived
+    # and the worker said so, naming each of them
+    said = " ".join(
+        r.getMessage() for r in caplog.records if "that no task could use" in r.getMessage()
+    )
+    for msg_id in strays:
+        assert re.search(rf"\b{msg_id}\b", said), (msg_id, said)
     assert scalar(conn, "select count(*) from pgflow.step_tasks where status <> 'completed'") == 0
