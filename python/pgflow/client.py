@@ -25,7 +25,8 @@ from psycopg.types.json import Jsonb
 from pgflow.db.compile import ENSURE_FLOW_COMPILED, check_compiled, compile_params
 from pgflow.db.connection import connect, connection_defaults, unavailable
 from pgflow.db.constraints import explain
-from pgflow.db.dsn import resolve_dsn
+from pgflow.db.dsn import redact, resolve_dsn
+from pgflow.db.migrations import SCHEMA_VERSION, is_missing_schema, schema_problem
 from pgflow.errors import (
     PgflowError,
     RunCancelled,
@@ -250,10 +251,35 @@ _WAIT_STEPS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25)
 
 class _Plans:
     """Every client method, written once. A database error raised by a `_Query` is thrown into
-    the plan, which may translate it."""
+    the plan, which may translate it. Each method first makes sure (once per client) that the
+    database has this pgflow's schema. `database` names it in messages (without a password)."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: str) -> None:
+        self.database = database
         self.compiled: set[str] = set()
+        self.schema_checked = False
+
+    def ready(self) -> _Plan[None]:
+        """Raise `SchemaNotMigrated` (or `SchemaTooNew`) unless the schema is this pgflow's;
+        asks the database only until it has once said yes."""
+        if self.schema_checked:
+            return
+        try:
+            rows = yield _Query(SCHEMA_VERSION, ())
+            version = int(rows[0]["version"])
+        except psycopg.Error as exc:
+            if not is_missing_schema(exc):
+                raise
+            version = 0
+        problem = schema_problem(version, self.database)
+        if problem is not None:
+            raise problem
+        self.schema_checked = True
+
+    def checked(self, plan: _Plan[T]) -> _Plan[T]:
+        """`plan`, after `ready`: what the drivers run."""
+        yield from self.ready()
+        return (yield from plan)
 
     def start(self, flow: Flow | str, input: Any, run_id: str | UUID | None) -> _Plan[str]:
         slug = flow.slug if isinstance(flow, Flow) else flow
@@ -393,7 +419,7 @@ class Client:
         self.dsn, self.dsn_source = resolve_dsn(dsn)
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._lock = threading.RLock()
-        self._plans = _Plans()
+        self._plans = _Plans(redact(self.dsn))
 
     def __enter__(self) -> Client:
         return self
@@ -415,7 +441,7 @@ class Client:
             return cursor.fetchall() if cursor.description else []
 
     def _drive(self, plan: _Plan[T]) -> T:
-        stepper = _Stepper(plan)
+        stepper = _Stepper(self._plans.checked(plan))
         op = stepper.send()
         while op is not None:
             if isinstance(op, _Sleep):
@@ -467,7 +493,7 @@ class AsyncClient:
         self.dsn, self.dsn_source = resolve_dsn(dsn)
         self._conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
-        self._plans = _Plans()
+        self._plans = _Plans(redact(self.dsn))
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -496,7 +522,7 @@ class AsyncClient:
             return await cursor.fetchall() if cursor.description else []
 
     async def _drive(self, plan: _Plan[T]) -> T:
-        stepper = _Stepper(plan)
+        stepper = _Stepper(self._plans.checked(plan))
         op = stepper.send()
         while op is not None:
             if isinstance(op, _Sleep):

@@ -9,7 +9,8 @@ what to do. They never contain a database password. All of them are exported fro
     ├── DatabaseUnavailable          PostgreSQL cannot be reached
     ├── EmbeddedUnavailable          the embedded server is missing or does not start
     ├── MigrationError               the schema cannot be brought up to date
-    │   └── SchemaTooNew             ... because a newer pgflow migrated it
+    │   ├── SchemaTooNew             ... because a newer pgflow migrated it
+    │   └── SchemaNotMigrated        the schema is missing or older than this pgflow
     ├── FlowDefinitionError          a flow is defined wrongly (at definition time)
     ├── UnknownStepError             a step slug the flow does not define (also LookupError)
     ├── FlowLoadError                a "module:attr" flow reference does not resolve
@@ -78,6 +79,16 @@ class MigrationError(PgflowError):
 
 class SchemaTooNew(MigrationError):
     """The database was migrated by a newer pgflow than this one."""
+
+    def __init__(self, message: str, *, database_version: int, package_version: int) -> None:
+        super().__init__(message)
+        self.database_version = database_version
+        self.package_version = package_version
+
+
+class SchemaNotMigrated(MigrationError):
+    """The database has no pgflow schema (`database_version` 0), or an older one than this
+    pgflow ships: `pgflow db migrate` brings it up to date."""
 
     def __init__(self, message: str, *, database_version: int, package_version: int) -> None:
         super().__init__(message)
@@ -279,6 +290,7 @@ __all__ = [
     "RunCancelled",
     "RunFailed",
     "RunNotFound",
+    "SchemaNotMigrated",
     "SchemaTooNew",
     "UnencodableValue",
     "UnknownStepError",

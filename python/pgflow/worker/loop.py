@@ -41,6 +41,7 @@ import psycopg
 from pgflow.db.connection import connect
 from pgflow.db.dsn import redact, resolve_dsn
 from pgflow.db.listener import EVENTS_CHANNEL, TASKS_CHANNEL, ChannelListener, task_listener
+from pgflow.db.migrations import check_schema
 from pgflow.errors import PgflowError, one_line
 from pgflow.executors.base import Executor, Job, JobResult, Pace
 from pgflow.flow import Flow, load_flow
@@ -218,6 +219,7 @@ class Worker:
     def _run(self) -> None:
         get_plugin_manager()  # load plugins early, so errors in them surface at start
         self._conn = self._connect_with_backoff()
+        check_schema(self._conn, redact(self.dsn))
         self._compile_flows()
         self._register()
         self._executor = create_executor(
