@@ -10,6 +10,7 @@ a blocking connection and `time.sleep`, `AsyncClient` with an async connection a
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -28,8 +29,10 @@ from pgflow.db.constraints import explain
 from pgflow.db.dsn import redact, resolve_dsn
 from pgflow.db.migrations import SCHEMA_VERSION, is_missing_schema, schema_problem
 from pgflow.errors import (
+    ConfigError,
     PgflowError,
     RunCancelled,
+    RunConflict,
     RunFailed,
     RunNotFound,
     WaitTimeout,
@@ -51,6 +54,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("pgflow.client")
 
 
 # -- what the clients return --------------------------------------------------------------------
@@ -193,6 +198,13 @@ class _SQL:
     )
     STATUS = "select status from pgflow.runs where run_id = %s"
     START = "select run_id::text from pgflow.start_flow(%s, %s, %s)"
+    # what a run that a start with a taken run id ran into is: an idempotent start, or a conflict
+    STARTED_AS = "select flow_slug, input = %s as same_input from pgflow.runs where run_id = %s"
+    # a range on the primary key, so a prefix is looked up in the index
+    RUN_IDS_BETWEEN = (
+        "select run_id::text from pgflow.runs where run_id between %s::uuid and %s::uuid "
+        "order by run_id limit %s"
+    )
     CANCEL = "select status from pgflow.cancel_run(%s)"
     FLOWS = f"select {_FLOW_COLUMNS} from pgflow.flows f order by f.flow_slug"
     FLOW = f"select {_FLOW_COLUMNS} from pgflow.flows f where f.flow_slug = %s"
@@ -283,23 +295,63 @@ class _Plans:
 
     def start(self, flow: Flow | str, input: Any, run_id: str | UUID | None) -> _Plan[str]:
         slug = flow.slug if isinstance(flow, Flow) else flow
+        given = None if run_id is None else _new_run_id(run_id)
         if isinstance(flow, Flow) and slug not in self.compiled:
             rows = yield _Query(ENSURE_FLOW_COMPILED, compile_params(slug, flow.shape()))
             check_compiled(slug, rows[0]["result"])
             self.compiled.add(slug)
-        rows = yield _Query(_SQL.START, (slug, Jsonb(input), run_id))
+        while True:
+            try:
+                rows = yield _Query(_SQL.START, (slug, Jsonb(input), given))
+                return str(rows[0]["run_id"])
+            except psycopg.errors.UniqueViolation as exc:
+                if given is None or exc.diag.constraint_name != "runs_pkey":
+                    raise
+            # The id is taken: starting the same run again is idempotent (a retried request
+            # must not fail because its first attempt went through).
+            rows = yield _Query(_SQL.STARTED_AS, (Jsonb(input), given))
+            if not rows:
+                continue  # deleted (pruned) in between: the id is free again
+            taken = rows[0]
+            if taken["flow_slug"] == slug and taken["same_input"]:
+                logger.info("run %s had already been started with this input", given)
+                return given
+            what = (
+                "with another input"
+                if taken["flow_slug"] == slug
+                else f"of flow {taken['flow_slug']!r}"
+            )
+            raise RunConflict(
+                f"run {given} already exists {what}; give another run id, or none for a new one"
+            )
+
+    def find_run_id(self, prefix: str) -> _Plan[str]:
+        low, high = _prefix_bounds(prefix)
+        rows = yield _Query(_SQL.RUN_IDS_BETWEEN, (low, high, _CANDIDATES + 1))
+        if not rows:
+            raise RunNotFound(
+                f"run {low} does not exist" if low == high else f"no run id starts with {prefix!r}"
+            )
+        if len(rows) > 1:
+            shown = ", ".join(str(row["run_id"]) for row in rows[:_CANDIDATES])
+            more = " and more" if len(rows) > _CANDIDATES else ""
+            raise RunNotFound(
+                f"run id prefix {prefix!r} is ambiguous: {shown}{more} start with it; give more "
+                "of the id"
+            )
         return str(rows[0]["run_id"])
 
     def get(self, run_id: str | UUID, with_tasks: bool) -> _Plan[Run]:
-        rows = yield _Query(_SQL.RUN, (str(run_id),))
+        run_id = _run_uuid(run_id)
+        rows = yield _Query(_SQL.RUN, (run_id,))
         if not rows:
             raise RunNotFound(f"run {run_id} does not exist")
-        steps = yield _Query(_SQL.STEPS, (str(run_id),))
-        tasks = (yield _Query(_SQL.TASKS, (str(run_id),))) if with_tasks else []
+        steps = yield _Query(_SQL.STEPS, (run_id,))
+        tasks = (yield _Query(_SQL.TASKS, (run_id,))) if with_tasks else []
         return Run(steps=tuple(_steps_from(steps, tasks)), **rows[0])
 
     def status(self, run_id: str | UUID) -> _Plan[str]:
-        rows = yield _Query(_SQL.STATUS, (str(run_id),))
+        rows = yield _Query(_SQL.STATUS, (_run_uuid(run_id),))
         if not rows:
             raise RunNotFound(f"run {run_id} does not exist")
         return str(rows[0]["status"])
@@ -324,7 +376,7 @@ class _Plans:
 
     def cancel(self, run_id: str | UUID) -> _Plan[str]:
         try:
-            rows = yield _Query(_SQL.CANCEL, (str(run_id),))
+            rows = yield _Query(_SQL.CANCEL, (_run_uuid(run_id),))
         except psycopg.errors.InvalidParameterValue as exc:
             raise RunNotFound(str(exc.diag.message_primary or exc)) from None
         return str(rows[0]["status"])
@@ -386,6 +438,42 @@ def _attempt(
         return fetch(query), None
     except psycopg.Error as exc:
         return None, exc
+
+
+# how many run ids an ambiguous prefix lists
+_CANDIDATES = 5
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def _run_uuid(run_id: str | UUID) -> str:
+    """`run_id` as a UUID's text; `RunNotFound` for a value that is not one (rather than the
+    database's invalid-input error)."""
+    try:
+        return str(run_id if isinstance(run_id, UUID) else UUID(str(run_id)))
+    except ValueError:
+        raise RunNotFound(f"{run_id!r} is not a run id: run ids are UUIDs") from None
+
+
+def _new_run_id(run_id: str | UUID) -> str:
+    """A run id given to start a run, checked: `ConfigError` when it is not a UUID."""
+    try:
+        return _run_uuid(run_id)
+    except RunNotFound:
+        raise ConfigError(
+            f"run id {run_id!r} is not a UUID; give a UUID, or no run id to get a new one"
+        ) from None
+
+
+def _prefix_bounds(prefix: str) -> tuple[str, str]:
+    """The lowest and highest run ids that start with `prefix` (hex digits, hyphens ignored);
+    `RunNotFound` when it cannot start a run id."""
+    digits = prefix.strip().lower().replace("-", "")
+    if not digits or len(digits) > 32 or not _HEX_DIGITS.issuperset(digits):
+        raise RunNotFound(
+            f"{prefix!r} is not a run id nor the start of one: run ids are UUIDs (hex digits "
+            "and hyphens), as `pgflow runs list` shows them"
+        )
+    return str(UUID(digits.ljust(32, "0"))), str(UUID(digits.ljust(32, "f")))
 
 
 def _steps_from(
@@ -452,8 +540,17 @@ class Client:
         return stepper.result
 
     def start(self, flow: Flow | str, input: Any = None, run_id: str | UUID | None = None) -> str:
-        """Start a run and return its id. A `Flow` object is compiled first if needed."""
+        """Start a run and return its id. A `Flow` object is compiled first if needed.
+
+        With `run_id`, starting a run that already exists with the same flow and input returns
+        its id (nothing is started twice); with another flow or input it raises `RunConflict`.
+        """
         return self._drive(self._plans.start(flow, input, run_id))
+
+    def find_run_id(self, prefix: str) -> str:
+        """The id of the one run whose id starts with `prefix` (such as the 8 characters the
+        progress line shows) or is `prefix`; `RunNotFound` when none or several do."""
+        return self._drive(self._plans.find_run_id(prefix))
 
     def get(self, run_id: str | UUID, *, with_tasks: bool = True) -> Run:
         """The run with its steps (and their tasks)."""
@@ -539,6 +636,9 @@ class AsyncClient:
         self, flow: Flow | str, input: Any = None, run_id: str | UUID | None = None
     ) -> str:
         return await self._drive(self._plans.start(flow, input, run_id))
+
+    async def find_run_id(self, prefix: str) -> str:
+        return await self._drive(self._plans.find_run_id(prefix))
 
     async def get(self, run_id: str | UUID, *, with_tasks: bool = True) -> Run:
         return await self._drive(self._plans.get(run_id, with_tasks))

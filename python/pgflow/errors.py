@@ -22,7 +22,8 @@ what to do. They never contain a database password. All of them are exported fro
     │   ├── ExecutorBusyError
     │   └── ExecutorClosedError
     ├── PluginError                  a plugin failed to load or broke a hook's rules
-    ├── RunNotFound                  no run has this id (also LookupError)
+    ├── RunNotFound                  no run has this id, or it is no run id (also LookupError)
+    ├── RunConflict                  a run id given to start is taken by another flow or input
     ├── RunFailed                    a waited-for run failed
     │   └── RunCancelled
     ├── WaitTimeout                  a run did not finish in time (also TimeoutError)
@@ -184,7 +185,11 @@ class PluginError(PgflowError):
 
 
 class RunNotFound(PgflowError, LookupError):
-    """No run has this id."""
+    """No run has this id, the id is malformed, or a prefix of ids matches none or several."""
+
+
+class RunConflict(PgflowError):
+    """A run id given to start a run is already the id of a run of another flow or input."""
 
 
 class RunFailed(PgflowError):
@@ -288,6 +293,7 @@ __all__ = [
     "PgflowError",
     "PluginError",
     "RunCancelled",
+    "RunConflict",
     "RunFailed",
     "RunNotFound",
     "SchemaNotMigrated",

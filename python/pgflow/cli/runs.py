@@ -23,6 +23,8 @@ from pgflow.cli.progress import StatusLine
 from pgflow.client import Client, Run, StepState
 from pgflow.errors import PgflowError, RunFailed
 
+_RUN_ID_HELP = "the run's id, or a unique start of it (such as the 8 characters progress shows)"
+
 
 def register(commands: Subparsers) -> None:
     register_start(commands)
@@ -36,7 +38,12 @@ def register_start(commands: Subparsers) -> None:
     p.add_argument(
         "--input", type=json_arg, default={}, metavar="JSON", help="the run input (default {})"
     )
-    p.add_argument("--run-id", default=None, help="use this run id instead of a new one")
+    p.add_argument(
+        "--run-id",
+        default=None,
+        help="use this run id instead of a new one; if that run exists with the same flow and "
+        "input, it is the run (nothing starts twice)",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the run and print its output")
     p.add_argument(
         "--timeout", type=float, default=None, help="with --wait: give up after this many seconds"
@@ -101,7 +108,7 @@ def register_runs(commands: Subparsers) -> None:
         cmd_runs_show,
         "A run's steps as a tree, with status, attempts, timing and errors.",
     )
-    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("run_id", metavar="RUN_ID", help=_RUN_ID_HELP)
     p.add_argument("--json", action="store_true", help="print the run as JSON")
 
 
@@ -122,7 +129,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
     with Client(database(args)) as client:
-        run = client.get(args.run_id)
+        run = client.get(client.find_run_id(args.run_id))
     if args.json:
         print(json.dumps(asdict(run), indent=2, default=str))
         return EXIT_OK
@@ -202,15 +209,16 @@ def _step_details(step: StepState) -> list[str]:
 
 def register_cancel(commands: Subparsers) -> None:
     p = add_command(commands, "cancel", cmd_cancel, "Cancel a started run.")
-    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("run_id", metavar="RUN_ID", help=_RUN_ID_HELP)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     with Client(database(args)) as client:
-        before = client.status(args.run_id)
-        status = client.cancel(args.run_id) if before == "started" else before
+        run_id = client.find_run_id(args.run_id)
+        before = client.status(run_id)
+        status = client.cancel(run_id) if before == "started" else before
     if before == "started" and status == "cancelled":
-        print(f"run {args.run_id} cancelled")
+        print(f"run {run_id} cancelled")
     else:
-        print(f"run {args.run_id} had already finished ({status}); nothing to cancel")
+        print(f"run {run_id} had already finished ({status}); nothing to cancel")
     return EXIT_OK
