@@ -23,7 +23,12 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgflow.db.compile import ENSURE_FLOW_COMPILED, check_compiled, compile_params
+from pgflow.db.compile import (
+    ENSURE_FLOW_COMPILED,
+    check_compiled,
+    check_has_steps,
+    compile_params,
+)
 from pgflow.db.connection import connect, connection_defaults, unavailable
 from pgflow.db.constraints import explain
 from pgflow.db.dsn import redact, resolve_dsn
@@ -198,6 +203,11 @@ class _SQL:
     )
     STATUS = "select status from pgflow.runs where run_id = %s"
     START = "select run_id::text from pgflow.start_flow(%s, %s, %s)"
+    # no row: no such flow (start_flow says so in its own words)
+    STEP_COUNT = (
+        "select (select count(*) from pgflow.steps s where s.flow_slug = f.flow_slug)::int "
+        "as steps from pgflow.flows f where f.flow_slug = %s"
+    )
     # what a run that a start with a taken run id ran into is: an idempotent start, or a conflict
     STARTED_AS = "select flow_slug, input = %s as same_input from pgflow.runs where run_id = %s"
     # a range on the primary key, so a prefix is looked up in the index
@@ -269,6 +279,8 @@ class _Plans:
     def __init__(self, database: str) -> None:
         self.database = database
         self.compiled: set[str] = set()
+        # slugs started by name that are known to have steps (a flow's steps never go away)
+        self.with_steps: set[str] = set()
         self.schema_checked = False
 
     def ready(self) -> _Plan[None]:
@@ -300,6 +312,11 @@ class _Plans:
             rows = yield _Query(ENSURE_FLOW_COMPILED, compile_params(slug, flow.shape()))
             check_compiled(slug, rows[0]["result"])
             self.compiled.add(slug)
+        elif slug not in self.compiled and slug not in self.with_steps:
+            rows = yield _Query(_SQL.STEP_COUNT, (slug,))
+            if rows:
+                check_has_steps(slug, rows[0]["steps"])
+                self.with_steps.add(slug)
         while True:
             try:
                 rows = yield _Query(_SQL.START, (slug, Jsonb(input), given))

@@ -120,6 +120,9 @@ def gated_output(count: int) -> dict[str, Any]:
 
 not_a_flow = "a string, not a Flow"
 
+# a flow whose steps were never defined (for instance because their module was not imported)
+empty = Flow("acc_empty")
+
 # -- helpers for the tests ------------------------------------------------------------------------
 
 T = TypeVar("T")

@@ -372,6 +372,19 @@ def test_a_reference_to_something_else_than_a_flow_is_one_error_line(
     assert "not a pgflow Flow" in line
 
 
+def test_a_flow_without_steps_is_one_error_line(db_dsn: str, conn: Conn, run_pgflow: Run) -> None:
+    no_steps = "error: flow 'acc_empty' has no steps: define at least one with @flow.step()"
+    served = run_pgflow(
+        "worker", "acceptance_flows:empty", "--dsn", db_dsn, env=_flows_importable()
+    )
+    assert assert_one_error_line(served).startswith(no_steps)
+    conn.execute("select pgflow.create_flow('acc_empty')")  # as SQL allows
+    assert assert_one_error_line(run_pgflow("start", "acc_empty", "--dsn", db_dsn)).startswith(
+        no_steps
+    )
+    assert conn.execute("select count(*) from pgflow.runs").fetchone() == (0,)
+
+
 def test_a_changed_flow_is_refused_unless_data_loss_is_allowed(
     workers: WorkerPool, conn: Conn, db_dsn: str, run_pgflow: Run
 ) -> None:

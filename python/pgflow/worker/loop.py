@@ -38,6 +38,7 @@ from typing import Any
 
 import psycopg
 
+from pgflow.db.compile import check_has_steps
 from pgflow.db.connection import connect
 from pgflow.db.dsn import redact, resolve_dsn
 from pgflow.db.listener import EVENTS_CHANNEL, TASKS_CHANNEL, ChannelListener, task_listener
@@ -140,6 +141,7 @@ class Worker:
         self.flow_refs: dict[str, str | None] = {}
         for item in flows:
             flow = load_flow(item) if isinstance(item, str) else item
+            check_has_steps(flow.slug, len(flow))
             if flow.slug in self.flows:
                 raise PgflowError(f"flow {flow.slug!r} was given twice; give each flow once")
             self.flows[flow.slug] = flow
