@@ -33,6 +33,7 @@ from pgflow.db.connection import connect, connection_defaults, unavailable
 from pgflow.db.constraints import explain
 from pgflow.db.dsn import redact, resolve_dsn
 from pgflow.db.migrations import SCHEMA_VERSION, is_missing_schema, schema_problem
+from pgflow.db.workers import STATE, no_worker_warning, serving_count
 from pgflow.errors import (
     ConfigError,
     PgflowError,
@@ -56,6 +57,7 @@ __all__ = [
     "StepState",
     "TaskState",
     "WaitTimeout",
+    "WorkerInfo",
 ]
 
 T = TypeVar("T")
@@ -167,6 +169,24 @@ class FlowDefinition:
     steps: tuple[StepDefinition, ...] = ()
 
 
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker's row for one flow it serves (a worker serving two flows has two), with its
+    `state`: "live", "stopped" or "presumed dead" (see `pgflow.db.workers`)."""
+
+    worker_id: str
+    flow_slug: str
+    function_name: str
+    """Where it runs: host:pid."""
+    state: str
+    started_at: datetime
+    last_heartbeat_at: datetime
+    heartbeat_age: float
+    """Seconds since its last heartbeat, by the database's clock."""
+    stopped_at: datetime | None
+    deprecated_at: datetime | None
+
+
 # -- the statements -------------------------------------------------------------------------------
 
 _RUN_COLUMNS = (
@@ -203,6 +223,12 @@ class _SQL:
     )
     STATUS = "select status from pgflow.runs where run_id = %s"
     START = "select run_id::text from pgflow.start_flow(%s, %s, %s)"
+    SERVING = f"select {serving_count('%s')} as serving"
+    # the flow of a run someone waits for, and how many live workers serve it
+    SERVING_RUN = (
+        f"select r.flow_slug, {serving_count('r.flow_slug')} as serving from pgflow.runs r "
+        "where r.run_id = %s"
+    )
     # no row: no such flow (start_flow says so in its own words)
     STEP_COUNT = (
         "select (select count(*) from pgflow.steps s where s.flow_slug = f.flow_slug)::int "
@@ -228,6 +254,18 @@ class _SQL:
         "from pgflow.steps s join pgflow.flows f on f.flow_slug = s.flow_slug "
         "where s.flow_slug = %s order by s.step_index"
     )
+
+    @staticmethod
+    def workers(flow: str | None, limit: int) -> tuple[str, list[Any]]:
+        clause, params = ("where w.queue_name = %s ", [flow]) if flow is not None else ("", [])
+        return (
+            "select w.worker_id::text, w.queue_name as flow_slug, w.function_name, "
+            f"{STATE} as state, w.started_at, w.last_heartbeat_at, "
+            "extract(epoch from now() - w.last_heartbeat_at)::float8 as heartbeat_age, "
+            f"w.stopped_at, w.deprecated_at from pgflow.workers w {clause}"
+            "order by w.started_at desc, w.queue_name limit %s",
+            [*params, limit],
+        )
 
     @staticmethod
     def runs(flow: str | None, status: str | None, limit: int) -> tuple[str, list[Any]]:
@@ -382,6 +420,10 @@ class _Plans:
                 if run.status == "completed":
                     return run.output
                 raise (RunCancelled if run.status == "cancelled" else RunFailed)(run)
+            if step == 0:  # once per wait: a run nobody serves would wait forever
+                rows = yield _Query(_SQL.SERVING_RUN, (_run_uuid(run_id),))
+                if rows and rows[0]["serving"] == 0:
+                    logger.warning("%s", no_worker_warning(rows[0]["flow_slug"]))
             pause = _WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)]
             step += 1
             if deadline is not None:
@@ -398,9 +440,17 @@ class _Plans:
             raise RunNotFound(str(exc.diag.message_primary or exc)) from None
         return str(rows[0]["status"])
 
+    def serving(self, flow_slug: str) -> _Plan[int]:
+        rows = yield _Query(_SQL.SERVING, (flow_slug,))
+        return int(rows[0]["serving"])
+
+    def workers(self, flow: str | None, limit: int) -> _Plan[list[WorkerInfo]]:
+        _check_limit(limit)
+        rows = yield _Query(*_SQL.workers(flow, limit))
+        return [WorkerInfo(**row) for row in rows]
+
     def runs(self, flow: str | None, status: str | None, limit: int) -> _Plan[list[Run]]:
-        if limit < 1:
-            raise PgflowError(f"limit must be 1 or more, got {limit}")
+        _check_limit(limit)
         rows = yield _Query(*_SQL.runs(flow, status, limit))
         return [Run(**row) for row in rows]
 
@@ -455,6 +505,11 @@ def _attempt(
         return fetch(query), None
     except psycopg.Error as exc:
         return None, exc
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise PgflowError(f"limit must be 1 or more, got {limit}")
 
 
 # how many run ids an ambiguous prefix lists
@@ -578,7 +633,8 @@ class Client:
 
     def wait(self, run_id: str | UUID, timeout: float | None = None) -> Any:
         """Wait for the run to finish; return its output, or raise `RunFailed` /
-        `RunCancelled`, or `WaitTimeout` after `timeout` seconds."""
+        `RunCancelled`, or `WaitTimeout` after `timeout` seconds. Logs a warning (logger
+        `pgflow.client`, once per wait) when no live worker serves the run's flow."""
         return self._drive(self._plans.wait(run_id, timeout))
 
     def cancel(self, run_id: str | UUID) -> str:
@@ -590,6 +646,14 @@ class Client:
     ) -> list[Run]:
         """The newest runs, optionally of one flow and/or in one status."""
         return self._drive(self._plans.runs(flow, status, limit))
+
+    def workers(self, flow: str | None = None, limit: int = 50) -> list[WorkerInfo]:
+        """Workers, newest first (one row per flow a worker serves), optionally of one flow."""
+        return self._drive(self._plans.workers(flow, limit))
+
+    def serving_workers(self, flow_slug: str) -> int:
+        """How many live workers serve the flow now (see `pgflow.db.workers`)."""
+        return self._drive(self._plans.serving(flow_slug))
 
     def flows(self) -> list[FlowDefinition]:
         """Every flow defined in the database, by slug."""
@@ -673,6 +737,12 @@ class AsyncClient:
         self, flow: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[Run]:
         return await self._drive(self._plans.runs(flow, status, limit))
+
+    async def workers(self, flow: str | None = None, limit: int = 50) -> list[WorkerInfo]:
+        return await self._drive(self._plans.workers(flow, limit))
+
+    async def serving_workers(self, flow_slug: str) -> int:
+        return await self._drive(self._plans.serving(flow_slug))
 
     async def flows(self) -> list[FlowDefinition]:
         return await self._drive(self._plans.flows())

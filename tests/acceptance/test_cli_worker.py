@@ -129,6 +129,26 @@ def test_start_wait_timeout_is_one_error_line(db_dsn: str, conn: Conn, run_pgflo
     assert "did not finish within 0.5s" in line
     (status,) = conn.execute("select status from pgflow.runs").fetchone() or (None,)
     assert status == "started"
+    # it said why, and how to fix it, and went on waiting until the timeout
+    warnings = [w for w in result.stderr.splitlines() if w.startswith("warning: ")]
+    assert warnings == [
+        "warning: no live worker serves flow 'acc_idle' (none has sent a heartbeat in the last "
+        "15 s): the run waits until one does; start one with `pgflow worker <module>:<flow>` "
+        "for the module that defines 'acc_idle'"
+    ], result.stderr
+
+
+def test_start_wait_says_nothing_of_workers_while_one_is_live(
+    db_dsn: str, conn: Conn, run_pgflow: Run
+) -> None:
+    conn.execute("select pgflow.create_flow('acc_idle')")
+    conn.execute("select pgflow.add_step('acc_idle', 'only')")
+    conn.execute(
+        "select pgflow.register_worker(gen_random_uuid(), 'acc_idle', 'elsewhere:1')"
+    )  # a worker row as a live worker keeps it, without the worker
+    result = run_pgflow("start", "acc_idle", "--wait", "--timeout", "0.5", "--dsn", db_dsn)
+    assert "did not finish within 0.5s" in assert_one_error_line(result)
+    assert "warning" not in result.stderr
 
 
 # -- several workers ----------------------------------------------------------------------------

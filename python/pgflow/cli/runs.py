@@ -21,6 +21,7 @@ from pgflow.cli.parser import (
 )
 from pgflow.cli.progress import StatusLine
 from pgflow.client import Client, Run, StepState
+from pgflow.db.workers import DEFAULT_HEARTBEAT_INTERVAL, no_worker_warning
 from pgflow.errors import PgflowError, RunFailed
 
 _RUN_ID_HELP = "the run's id, or a unique start of it (such as the 8 characters progress shows)"
@@ -74,12 +75,20 @@ def wait_with_progress(client: Client, run_id: str, timeout: float | None) -> in
     line = StatusLine()
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
+    served = True
+    next_look = started  # for live workers: at once, then once per heartbeat interval
     while True:
         run = client.get(run_id)
         line.update(_progress_text(run, started))
         if run.finished:
             line.clear()
             break
+        if time.monotonic() >= next_look:
+            was_served, served = served, client.serving_workers(run.flow_slug) > 0
+            if was_served and not served:  # said again only if workers come and go again
+                line.clear()
+                print(f"warning: {no_worker_warning(run.flow_slug)}", file=sys.stderr)
+            next_look = time.monotonic() + DEFAULT_HEARTBEAT_INTERVAL
         if deadline is not None and time.monotonic() > deadline:
             line.clear()
             raise PgflowError(f"run {run_id} did not finish within {timeout:g}s (it goes on)")
