@@ -147,6 +147,7 @@ UNMIGRATED_COMMANDS = [
     ("flows", "list"),
     ("flows", "show", "some_flow"),
     ("worker", "pgflow.examples.demo:flow"),
+    ("workers",),
 ]
 
 

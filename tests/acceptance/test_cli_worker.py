@@ -363,6 +363,67 @@ def test_a_second_sigterm_exits_at_once(workers: WorkerPool, conn: Conn, tmp_pat
     assert task_counts(conn, run_id) == {"started": 2}
 
 
+# -- pgflow workers -------------------------------------------------------------------------------
+
+
+def listed_workers(stdout: str) -> dict[str, tuple[str, str, str]]:
+    """worker_id -> (flow, where, state) of `pgflow workers`."""
+    rows = {}
+    for line in stdout.splitlines()[1:]:
+        flow, worker_id, where, *rest = line.split()
+        state = " ".join(rest).split(" ago ")[1]
+        rows[worker_id] = (flow, where, state)
+    return rows
+
+
+def test_workers_lists_live_stopped_and_presumed_dead_workers(
+    workers: WorkerPool, conn: Conn, db_dsn: str, run_pgflow: Run
+) -> None:
+    assert run_pgflow("workers", "--dsn", db_dsn).stdout.strip() == "no workers"
+    killed = workers.start([BASIC], conn=conn)
+    stopped = workers.start([FAILING], conn=conn)
+    live = workers.start([BASIC, FAILING], conn=conn)
+    stopped.send(signal.SIGTERM)
+    assert stopped.wait_exit(60) == 0, stopped.describe()
+    killed.send(signal.SIGKILL)
+    killed.wait_exit(30)
+    (killed_id,) = killed.worker_ids(conn)
+
+    # killed a moment ago: nothing tells it from a live one yet
+    result = run_pgflow("workers", "--dsn", db_dsn)
+    assert result.returncode == 0, result.stderr
+    assert listed_workers(result.stdout)[killed_id][2] == "live"
+
+    # as if it had missed three heartbeats (15 s) without waiting for them
+    conn.execute(
+        "update pgflow.workers set last_heartbeat_at = now() - interval '16 seconds' "
+        "where worker_id = %s",
+        (killed_id,),
+    )
+    result = run_pgflow("workers", "--dsn", db_dsn)
+    assert result.returncode == 0, result.stderr
+    header, *lines = result.stdout.splitlines()
+    assert header.split() == ["flow", "worker_id", "where", "last", "heartbeat", "state"]
+    rows = listed_workers(result.stdout)
+    assert rows[killed_id] == ("acc_basic", killed.function_name, "presumed dead")
+    assert re.search(r" (1[6-9]|[2-5]\d) s ago +presumed dead$", lines[-1]), lines
+    (stopped_id,) = stopped.worker_ids(conn)
+    assert rows[stopped_id] == ("acc_failing", stopped.function_name, "stopped")
+    live_ids = live.worker_ids(conn)
+    assert [rows[i] for i in live_ids] == [
+        ("acc_basic", live.function_name, "live"),
+        ("acc_failing", live.function_name, "live"),
+    ]
+    # newest first: the live worker's two rows, then the stopped one, then the killed one
+    assert list(rows)[2:] == [stopped_id, killed_id]
+    assert set(list(rows)[:2]) == set(live_ids)
+
+    only = listed_workers(run_pgflow("workers", "--flow", "acc_failing", "--dsn", db_dsn).stdout)
+    assert set(only) == {stopped_id, live_ids[1]}
+    assert len(listed_workers(run_pgflow("workers", "--limit", "1", "--dsn", db_dsn).stdout)) == 1
+    assert run_pgflow("workers", "--limit", "0", "--dsn", db_dsn).returncode == 2
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 
