@@ -23,6 +23,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from pgflow.codec import encode_value
 from pgflow.db.compile import (
     ENSURE_FLOW_COMPILED,
     check_compiled,
@@ -41,6 +42,7 @@ from pgflow.errors import (
     RunConflict,
     RunFailed,
     RunNotFound,
+    UnencodableValue,
     WaitTimeout,
 )
 from pgflow.flow import Flow
@@ -346,6 +348,7 @@ class _Plans:
     def start(self, flow: Flow | str, input: Any, run_id: str | UUID | None) -> _Plan[str]:
         slug = flow.slug if isinstance(flow, Flow) else flow
         given = None if run_id is None else _new_run_id(run_id)
+        payload = _run_input(input)
         if isinstance(flow, Flow) and slug not in self.compiled:
             rows = yield _Query(ENSURE_FLOW_COMPILED, compile_params(slug, flow.shape()))
             check_compiled(slug, rows[0]["result"])
@@ -357,14 +360,14 @@ class _Plans:
                 self.with_steps.add(slug)
         while True:
             try:
-                rows = yield _Query(_SQL.START, (slug, Jsonb(input), given))
+                rows = yield _Query(_SQL.START, (slug, payload, given))
                 return str(rows[0]["run_id"])
             except psycopg.errors.UniqueViolation as exc:
                 if given is None or exc.diag.constraint_name != "runs_pkey":
                     raise
             # The id is taken: starting the same run again is idempotent (a retried request
             # must not fail because its first attempt went through).
-            rows = yield _Query(_SQL.STARTED_AS, (Jsonb(input), given))
+            rows = yield _Query(_SQL.STARTED_AS, (payload, given))
             if not rows:
                 continue  # deleted (pruned) in between: the id is free again
             taken = rows[0]
@@ -534,6 +537,23 @@ def _new_run_id(run_id: str | UUID) -> str:
         raise ConfigError(
             f"run id {run_id!r} is not a UUID; give a UUID, or no run id to get a new one"
         ) from None
+
+
+def _run_input(value: Any) -> Jsonb:
+    """A run input as jsonb, encoded as the worker encodes handler outputs (so Structs,
+    dataclasses, enums, datetimes, UUIDs and Decimals are inputs too); `ConfigError` for a
+    value that has no JSON form."""
+    try:
+        return Jsonb(encode_value(value), dumps=_encoded)
+    except UnencodableValue as exc:
+        raise ConfigError(
+            f"the run input cannot be turned into JSON ({type(value).__name__}): {exc}"
+        ) from None
+
+
+def _encoded(text: bytes) -> bytes:
+    """The `dumps` of an input `_run_input` has encoded already."""
+    return text
 
 
 def _prefix_bounds(prefix: str) -> tuple[str, str]:
