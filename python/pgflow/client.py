@@ -348,7 +348,10 @@ class _Plans:
     def start(self, flow: Flow | str, input: Any, run_id: str | UUID | None) -> _Plan[str]:
         slug = flow.slug if isinstance(flow, Flow) else flow
         given = None if run_id is None else _new_run_id(run_id)
-        payload = _run_input(input)
+        encoded = _encode_input(input)
+        if isinstance(flow, Flow):
+            flow.check_run_input(encoded)  # before anything is written, as a worker would
+        payload = Jsonb(encoded, dumps=_encoded)
         if isinstance(flow, Flow) and slug not in self.compiled:
             rows = yield _Query(ENSURE_FLOW_COMPILED, compile_params(slug, flow.shape()))
             check_compiled(slug, rows[0]["result"])
@@ -539,12 +542,12 @@ def _new_run_id(run_id: str | UUID) -> str:
         ) from None
 
 
-def _run_input(value: Any) -> Jsonb:
-    """A run input as jsonb, encoded as the worker encodes handler outputs (so Structs,
+def _encode_input(value: Any) -> bytes:
+    """A run input as JSON, encoded as the worker encodes handler outputs (so Structs,
     dataclasses, enums, datetimes, UUIDs and Decimals are inputs too); `ConfigError` for a
     value that has no JSON form."""
     try:
-        return Jsonb(encode_value(value), dumps=_encoded)
+        return encode_value(value)
     except UnencodableValue as exc:
         raise ConfigError(
             f"the run input cannot be turned into JSON ({type(value).__name__}): {exc}"
@@ -552,7 +555,7 @@ def _run_input(value: Any) -> Jsonb:
 
 
 def _encoded(text: bytes) -> bytes:
-    """The `dumps` of an input `_run_input` has encoded already."""
+    """The `dumps` of an input `_encode_input` has encoded already."""
     return text
 
 
@@ -632,7 +635,9 @@ class Client:
         return stepper.result
 
     def start(self, flow: Flow | str, input: Any = None, run_id: str | UUID | None = None) -> str:
-        """Start a run and return its id. A `Flow` object is compiled first if needed.
+        """Start a run and return its id. A `Flow` object is compiled first if needed, and the
+        input is checked against its root steps' typed inputs (`InputValidationError`, as a
+        worker would fail the task) before the run is created.
 
         With `run_id`, starting a run that already exists with the same flow and input returns
         its id (nothing is started twice); with another flow or input it raises `RunConflict`.

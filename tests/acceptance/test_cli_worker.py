@@ -466,6 +466,25 @@ def test_a_flow_without_steps_is_one_error_line(db_dsn: str, conn: Conn, run_pgf
     assert conn.execute("select count(*) from pgflow.runs").fetchone() == (0,)
 
 
+def test_start_by_reference_checks_a_typed_input_before_the_run_exists(
+    conn: Conn, db_dsn: str, run_pgflow: Run
+) -> None:
+    start = ("start", "acceptance_flows:typed", "--dsn", db_dsn)
+    refused = run_pgflow(*start, "--input", '{"cents": "ten"}', env=_flows_importable())
+    assert assert_one_error_line(refused) == (
+        "error: step 'take' of flow 'acc_typed': the input does not match `Amount`: "
+        "Expected `int`, got `str` - at `$.cents`"
+    )
+    assert conn.execute("select count(*) from pgflow.runs").fetchone() == (0,)
+    # a fitting input starts the run (and the flow is compiled from the reference)
+    started = run_pgflow(*start, "--input", '{"cents": 10}', env=_flows_importable())
+    assert started.returncode == 0, started.stderr
+    assert run_row(conn, started.stdout.strip()) == ("started", None)
+    # a bare slug cannot be checked: the run is created, and a worker would fail its task
+    by_slug = run_pgflow("start", "acc_typed", "--input", '{"cents": "ten"}', "--dsn", db_dsn)
+    assert by_slug.returncode == 0, by_slug.stderr
+
+
 def test_a_changed_flow_is_refused_unless_data_loss_is_allowed(
     workers: WorkerPool, conn: Conn, db_dsn: str, run_pgflow: Run
 ) -> None:

@@ -16,7 +16,7 @@ import msgspec
 import psycopg
 import pytest
 
-from pgflow import AsyncClient, Client, ConfigError
+from pgflow import AsyncClient, Client, ConfigError, Flow, InputValidationError
 
 Conn = psycopg.Connection[Any]
 FLOW = "ci_flow"
@@ -113,3 +113,26 @@ def test_an_input_with_no_json_form_is_refused(flow: str, conn: Conn, db_dsn: st
     assert message.startswith("the run input cannot be turned into JSON (dict): ")
     assert "use dicts, lists, strings" in message
     assert conn.execute("select count(*) from pgflow.runs").fetchone() == (0,)
+
+
+typed = Flow("ci_typed")
+
+
+@typed.map()
+def each_point(point: Point) -> int:
+    return point.x + point.y
+
+
+def test_a_typed_root_input_is_checked_before_anything_is_written(conn: Conn, db_dsn: str) -> None:
+    async def main() -> None:
+        async with AsyncClient(db_dsn) as client:
+            with pytest.raises(InputValidationError) as caught:
+                await client.start(typed, [Point(1, 2), {"x": 1}])
+            assert str(caught.value) == (
+                "step 'each_point' of flow 'ci_typed': the input does not match `Point`: "
+                "Object missing required field `y`"
+            )
+            assert await client.start(typed, [Point(1, 2), {"x": 1, "y": 0}])
+
+    asyncio.run(main())
+    assert conn.execute("select count(*) from pgflow.runs").fetchone() == (1,)

@@ -20,9 +20,11 @@ from pgflow.cli.parser import (
     positive_int,
 )
 from pgflow.cli.progress import StatusLine
+from pgflow.cli.worker import import_from_cwd
 from pgflow.client import Client, Run, StepState
 from pgflow.db.workers import DEFAULT_HEARTBEAT_INTERVAL, no_worker_warning
 from pgflow.errors import PgflowError, RunFailed
+from pgflow.flow import Flow, load_flow
 
 _RUN_ID_HELP = "the run's id, or a unique start of it (such as the 8 characters progress shows)"
 
@@ -35,7 +37,12 @@ def register(commands: Subparsers) -> None:
 
 def register_start(commands: Subparsers) -> None:
     p = add_command(commands, "start", cmd_start, "Start a run of a flow.")
-    p.add_argument("flow", metavar="FLOW", help="the flow's slug")
+    p.add_argument(
+        "flow",
+        metavar="FLOW",
+        help="the flow's slug, or its module:attr (as for `pgflow worker`): the input is then "
+        "checked against a typed root step before the run is created",
+    )
     p.add_argument(
         "--input", type=json_arg, default={}, metavar="JSON", help="the run input (default {})"
     )
@@ -52,8 +59,12 @@ def register_start(commands: Subparsers) -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    flow: Flow | str = args.flow
+    if ":" in args.flow:  # a slug never has one
+        import_from_cwd()
+        flow = load_flow(args.flow)
     with Client(database(args)) as client:
-        run_id = client.start(args.flow, args.input, args.run_id)
+        run_id = client.start(flow, args.input, args.run_id)
         if not args.wait:
             print(run_id)
             return EXIT_OK
