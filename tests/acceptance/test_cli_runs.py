@@ -338,3 +338,35 @@ def test_start_with_a_run_id_twice_is_idempotent(
         run_pgflow("start", idle_flow, "--run-id", "nope", "--dsn", db_dsn)
     )
     assert "'nope' is not a UUID" in line
+
+
+def test_runs_show_gives_every_step_of_a_finished_run_a_final_state(
+    conn: Conn, db_dsn: str, run_pgflow: Run
+) -> None:
+    # first -> (then, each); maybe is skipped at once: its condition on the input is unmet
+    conn.execute("select pgflow.create_flow('acc_final')")
+    conn.execute("select pgflow.add_step('acc_final', 'first')")
+    conn.execute("select pgflow.add_step('acc_final', 'then', array['first'])")
+    conn.execute("select pgflow.add_step('acc_final', 'each', array['first'], step_type => 'map')")
+    conn.execute(
+        "select pgflow.add_step('acc_final', 'maybe', "
+        """required_input_pattern => '{"go": true}'::jsonb)"""
+    )
+    run_id = start_run(conn, "acc_final", {"go": False})
+    assert ok(run_pgflow("cancel", run_id, "--dsn", db_dsn)).strip() == f"run {run_id} cancelled"
+
+    lines = ok(run_pgflow("runs", "show", run_id, "--dsn", db_dsn)).splitlines()
+    assert re.fullmatch(rf"run {run_id}  flow acc_final  cancelled  \S+ m?s", lines[0]), lines
+    assert lines[1] == "error: Run cancelled"
+    assert re.fullmatch(
+        r"├─ first  \[single\]  stopped \(run cancelled\)  tasks 1/1  attempts 0  \S+ m?s",
+        lines[2],
+    ), lines
+    assert lines[3:] == [
+        "│     tasks: 1 cancelled",
+        "│  ├─ then  [single]  not started (run cancelled)  tasks 0/1  attempts 0  -",
+        "│  └─ each  [map]  not started (run cancelled)  tasks -  attempts 0  -",
+        "└─ maybe  [single]  skipped  tasks -  attempts 0  -",
+        "      skipped: condition_unmet",
+    ], lines
+    assert "running" not in "\n".join(lines)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from datetime import datetime
 
@@ -167,7 +168,9 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
 
 
 def render_run(run: Run) -> str:
-    """The run's steps as a tree: each step under its first dependency."""
+    """The run's steps as a tree: each step under its first dependency. Once the run has
+    finished, every step shows a final state: one the run left open says it never started or
+    was stopped with the run, and its tasks are counted by status."""
     lines = [
         f"run {run.run_id}  flow {run.flow_slug}  {run.status}  "
         f"{_duration(run.started_at, run.finished_at)}"
@@ -184,9 +187,9 @@ def render_run(run: Run) -> str:
         for i, step in enumerate(kids):
             last = i == len(kids) - 1
             branch = "└─ " if last else "├─ "
-            lines.append(prefix + branch + _step_line(step))
+            lines.append(prefix + branch + _step_line(run, step))
             detail_prefix = prefix + ("   " if last else "│  ")
-            for detail in _step_details(step):
+            for detail in _step_details(run, step):
                 lines.append(detail_prefix + "   " + detail)
             walk(step.step_slug, detail_prefix)
 
@@ -194,14 +197,27 @@ def render_run(run: Run) -> str:
     return "\n".join(lines)
 
 
-def _step_line(step: StepState) -> str:
-    tasks = f"{step.tasks_done}/{step.initial_tasks}" if step.initial_tasks is not None else "?"
+# what a step the run left open shows once the run has finished
+_LEFT_OPEN = {"created": "not started", "started": "stopped"}
+
+
+def _step_line(run: Run, step: StepState) -> str:
+    left_open = run.finished and step.status in _LEFT_OPEN
+    status = f"{_LEFT_OPEN[step.status]} (run {run.status})" if left_open else step.status
+    if step.status == "skipped" and not step.tasks:
+        tasks = "-"  # skipped before it had any
+    elif step.initial_tasks is not None:
+        tasks = f"{step.tasks_done}/{step.initial_tasks}"
+    else:  # a map step whose array never came
+        tasks = "-" if run.finished else "?"
     attempts = max((t.attempts_count for t in step.tasks), default=0)
     end = step.completed_at or step.failed_at or step.skipped_at
+    if end is None and left_open:
+        end = run.finished_at
     parts = [
         f"{step.step_slug}",
         f"[{step.step_type}]",
-        step.status,
+        status,
         f"tasks {tasks}",
         f"attempts {attempts}",
         _duration(step.started_at, end) if step.started_at else "-",
@@ -211,12 +227,18 @@ def _step_line(step: StepState) -> str:
     return "  ".join(parts)
 
 
-def _step_details(step: StepState) -> list[str]:
+def _step_details(run: Run, step: StepState) -> list[str]:
     details = []
     if step.skip_reason:
         details.append(f"skipped: {step.skip_reason}")
     if step.error_message:
         details.append(f"error: {step.error_message}")
+    counts = Counter(t.status for t in step.tasks)
+    left_open = run.finished and step.status in _LEFT_OPEN
+    if counts and (left_open or len(counts) > 1):  # what became of each task
+        details.append(
+            "tasks: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        )
     failed = [t for t in step.tasks if t.error_message and t.status != "completed"]
     for task in failed[:3]:
         details.append(
