@@ -10,6 +10,7 @@ a blocking connection and `time.sleep`, `AsyncClient` with an async connection a
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -22,15 +23,26 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgflow.db.compile import ENSURE_FLOW_COMPILED, check_compiled, compile_params
+from pgflow.codec import encode_value
+from pgflow.db.compile import (
+    ENSURE_FLOW_COMPILED,
+    check_compiled,
+    check_has_steps,
+    compile_params,
+)
 from pgflow.db.connection import connect, connection_defaults, unavailable
 from pgflow.db.constraints import explain
-from pgflow.db.dsn import resolve_dsn
+from pgflow.db.dsn import redact, resolve_dsn
+from pgflow.db.migrations import SCHEMA_VERSION, is_missing_schema, schema_problem
+from pgflow.db.workers import STATE, no_worker_warning, serving_count
 from pgflow.errors import (
+    ConfigError,
     PgflowError,
     RunCancelled,
+    RunConflict,
     RunFailed,
     RunNotFound,
+    UnencodableValue,
     WaitTimeout,
 )
 from pgflow.flow import Flow
@@ -47,9 +59,12 @@ __all__ = [
     "StepState",
     "TaskState",
     "WaitTimeout",
+    "WorkerInfo",
 ]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("pgflow.client")
 
 
 # -- what the clients return --------------------------------------------------------------------
@@ -156,6 +171,24 @@ class FlowDefinition:
     steps: tuple[StepDefinition, ...] = ()
 
 
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker's row for one flow it serves (a worker serving two flows has two), with its
+    `state`: "live", "stopped" or "presumed dead" (see `pgflow.db.workers`)."""
+
+    worker_id: str
+    flow_slug: str
+    function_name: str
+    """Where it runs: host:pid."""
+    state: str
+    started_at: datetime
+    last_heartbeat_at: datetime
+    heartbeat_age: float
+    """Seconds since its last heartbeat, by the database's clock."""
+    stopped_at: datetime | None
+    deprecated_at: datetime | None
+
+
 # -- the statements -------------------------------------------------------------------------------
 
 _RUN_COLUMNS = (
@@ -192,6 +225,24 @@ class _SQL:
     )
     STATUS = "select status from pgflow.runs where run_id = %s"
     START = "select run_id::text from pgflow.start_flow(%s, %s, %s)"
+    SERVING = f"select {serving_count('%s')} as serving"
+    # the flow of a run someone waits for, and how many live workers serve it
+    SERVING_RUN = (
+        f"select r.flow_slug, {serving_count('r.flow_slug')} as serving from pgflow.runs r "
+        "where r.run_id = %s"
+    )
+    # no row: no such flow (start_flow says so in its own words)
+    STEP_COUNT = (
+        "select (select count(*) from pgflow.steps s where s.flow_slug = f.flow_slug)::int "
+        "as steps from pgflow.flows f where f.flow_slug = %s"
+    )
+    # what a run that a start with a taken run id ran into is: an idempotent start, or a conflict
+    STARTED_AS = "select flow_slug, input = %s as same_input from pgflow.runs where run_id = %s"
+    # a range on the primary key, so a prefix is looked up in the index
+    RUN_IDS_BETWEEN = (
+        "select run_id::text from pgflow.runs where run_id between %s::uuid and %s::uuid "
+        "order by run_id limit %s"
+    )
     CANCEL = "select status from pgflow.cancel_run(%s)"
     FLOWS = f"select {_FLOW_COLUMNS} from pgflow.flows f order by f.flow_slug"
     FLOW = f"select {_FLOW_COLUMNS} from pgflow.flows f where f.flow_slug = %s"
@@ -205,6 +256,18 @@ class _SQL:
         "from pgflow.steps s join pgflow.flows f on f.flow_slug = s.flow_slug "
         "where s.flow_slug = %s order by s.step_index"
     )
+
+    @staticmethod
+    def workers(flow: str | None, limit: int) -> tuple[str, list[Any]]:
+        clause, params = ("where w.queue_name = %s ", [flow]) if flow is not None else ("", [])
+        return (
+            "select w.worker_id::text, w.queue_name as flow_slug, w.function_name, "
+            f"{STATE} as state, w.started_at, w.last_heartbeat_at, "
+            "extract(epoch from now() - w.last_heartbeat_at)::float8 as heartbeat_age, "
+            f"w.stopped_at, w.deprecated_at from pgflow.workers w {clause}"
+            "order by w.started_at desc, w.queue_name limit %s",
+            [*params, limit],
+        )
 
     @staticmethod
     def runs(flow: str | None, status: str | None, limit: int) -> tuple[str, list[Any]]:
@@ -250,30 +313,106 @@ _WAIT_STEPS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.25)
 
 class _Plans:
     """Every client method, written once. A database error raised by a `_Query` is thrown into
-    the plan, which may translate it."""
+    the plan, which may translate it. Each method first makes sure (once per client) that the
+    database has this pgflow's schema. `database` names it in messages (without a password)."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: str) -> None:
+        self.database = database
         self.compiled: set[str] = set()
+        # slugs started by name that are known to have steps (a flow's steps never go away)
+        self.with_steps: set[str] = set()
+        self.schema_checked = False
+
+    def ready(self) -> _Plan[None]:
+        """Raise `SchemaNotMigrated` (or `SchemaTooNew`) unless the schema is this pgflow's;
+        asks the database only until it has once said yes."""
+        if self.schema_checked:
+            return
+        try:
+            rows = yield _Query(SCHEMA_VERSION, ())
+            version = int(rows[0]["version"])
+        except psycopg.Error as exc:
+            if not is_missing_schema(exc):
+                raise
+            version = 0
+        problem = schema_problem(version, self.database)
+        if problem is not None:
+            raise problem
+        self.schema_checked = True
+
+    def checked(self, plan: _Plan[T]) -> _Plan[T]:
+        """`plan`, after `ready`: what the drivers run."""
+        yield from self.ready()
+        return (yield from plan)
 
     def start(self, flow: Flow | str, input: Any, run_id: str | UUID | None) -> _Plan[str]:
         slug = flow.slug if isinstance(flow, Flow) else flow
+        given = None if run_id is None else _new_run_id(run_id)
+        encoded = _encode_input(input)
+        if isinstance(flow, Flow):
+            flow.check_run_input(encoded)  # before anything is written, as a worker would
+        payload = Jsonb(encoded, dumps=_encoded)
         if isinstance(flow, Flow) and slug not in self.compiled:
             rows = yield _Query(ENSURE_FLOW_COMPILED, compile_params(slug, flow.shape()))
             check_compiled(slug, rows[0]["result"])
             self.compiled.add(slug)
-        rows = yield _Query(_SQL.START, (slug, Jsonb(input), run_id))
+        elif slug not in self.compiled and slug not in self.with_steps:
+            rows = yield _Query(_SQL.STEP_COUNT, (slug,))
+            if rows:
+                check_has_steps(slug, rows[0]["steps"])
+                self.with_steps.add(slug)
+        while True:
+            try:
+                rows = yield _Query(_SQL.START, (slug, payload, given))
+                return str(rows[0]["run_id"])
+            except psycopg.errors.UniqueViolation as exc:
+                if given is None or exc.diag.constraint_name != "runs_pkey":
+                    raise
+            # The id is taken: starting the same run again is idempotent (a retried request
+            # must not fail because its first attempt went through).
+            rows = yield _Query(_SQL.STARTED_AS, (payload, given))
+            if not rows:
+                continue  # deleted (pruned) in between: the id is free again
+            taken = rows[0]
+            if taken["flow_slug"] == slug and taken["same_input"]:
+                logger.info("run %s had already been started with this input", given)
+                return given
+            what = (
+                "with another input"
+                if taken["flow_slug"] == slug
+                else f"of flow {taken['flow_slug']!r}"
+            )
+            raise RunConflict(
+                f"run {given} already exists {what}; give another run id, or none for a new one"
+            )
+
+    def find_run_id(self, prefix: str) -> _Plan[str]:
+        low, high = _prefix_bounds(prefix)
+        rows = yield _Query(_SQL.RUN_IDS_BETWEEN, (low, high, _CANDIDATES + 1))
+        if not rows:
+            raise RunNotFound(
+                f"run {low} does not exist" if low == high else f"no run id starts with {prefix!r}"
+            )
+        if len(rows) > 1:
+            shown = ", ".join(str(row["run_id"]) for row in rows[:_CANDIDATES])
+            more = " and more" if len(rows) > _CANDIDATES else ""
+            raise RunNotFound(
+                f"run id prefix {prefix!r} is ambiguous: {shown}{more} start with it; give more "
+                "of the id"
+            )
         return str(rows[0]["run_id"])
 
     def get(self, run_id: str | UUID, with_tasks: bool) -> _Plan[Run]:
-        rows = yield _Query(_SQL.RUN, (str(run_id),))
+        run_id = _run_uuid(run_id)
+        rows = yield _Query(_SQL.RUN, (run_id,))
         if not rows:
             raise RunNotFound(f"run {run_id} does not exist")
-        steps = yield _Query(_SQL.STEPS, (str(run_id),))
-        tasks = (yield _Query(_SQL.TASKS, (str(run_id),))) if with_tasks else []
+        steps = yield _Query(_SQL.STEPS, (run_id,))
+        tasks = (yield _Query(_SQL.TASKS, (run_id,))) if with_tasks else []
         return Run(steps=tuple(_steps_from(steps, tasks)), **rows[0])
 
     def status(self, run_id: str | UUID) -> _Plan[str]:
-        rows = yield _Query(_SQL.STATUS, (str(run_id),))
+        rows = yield _Query(_SQL.STATUS, (_run_uuid(run_id),))
         if not rows:
             raise RunNotFound(f"run {run_id} does not exist")
         return str(rows[0]["status"])
@@ -287,6 +426,10 @@ class _Plans:
                 if run.status == "completed":
                     return run.output
                 raise (RunCancelled if run.status == "cancelled" else RunFailed)(run)
+            if step == 0:  # once per wait: a run nobody serves would wait forever
+                rows = yield _Query(_SQL.SERVING_RUN, (_run_uuid(run_id),))
+                if rows and rows[0]["serving"] == 0:
+                    logger.warning("%s", no_worker_warning(rows[0]["flow_slug"]))
             pause = _WAIT_STEPS[min(step, len(_WAIT_STEPS) - 1)]
             step += 1
             if deadline is not None:
@@ -298,14 +441,22 @@ class _Plans:
 
     def cancel(self, run_id: str | UUID) -> _Plan[str]:
         try:
-            rows = yield _Query(_SQL.CANCEL, (str(run_id),))
+            rows = yield _Query(_SQL.CANCEL, (_run_uuid(run_id),))
         except psycopg.errors.InvalidParameterValue as exc:
             raise RunNotFound(str(exc.diag.message_primary or exc)) from None
         return str(rows[0]["status"])
 
+    def serving(self, flow_slug: str) -> _Plan[int]:
+        rows = yield _Query(_SQL.SERVING, (flow_slug,))
+        return int(rows[0]["serving"])
+
+    def workers(self, flow: str | None, limit: int) -> _Plan[list[WorkerInfo]]:
+        _check_limit(limit)
+        rows = yield _Query(*_SQL.workers(flow, limit))
+        return [WorkerInfo(**row) for row in rows]
+
     def runs(self, flow: str | None, status: str | None, limit: int) -> _Plan[list[Run]]:
-        if limit < 1:
-            raise PgflowError(f"limit must be 1 or more, got {limit}")
+        _check_limit(limit)
         rows = yield _Query(*_SQL.runs(flow, status, limit))
         return [Run(**row) for row in rows]
 
@@ -362,6 +513,64 @@ def _attempt(
         return None, exc
 
 
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise PgflowError(f"limit must be 1 or more, got {limit}")
+
+
+# how many run ids an ambiguous prefix lists
+_CANDIDATES = 5
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def _run_uuid(run_id: str | UUID) -> str:
+    """`run_id` as a UUID's text; `RunNotFound` for a value that is not one (rather than the
+    database's invalid-input error)."""
+    try:
+        return str(run_id if isinstance(run_id, UUID) else UUID(str(run_id)))
+    except ValueError:
+        raise RunNotFound(f"{run_id!r} is not a run id: run ids are UUIDs") from None
+
+
+def _new_run_id(run_id: str | UUID) -> str:
+    """A run id given to start a run, checked: `ConfigError` when it is not a UUID."""
+    try:
+        return _run_uuid(run_id)
+    except RunNotFound:
+        raise ConfigError(
+            f"run id {run_id!r} is not a UUID; give a UUID, or no run id to get a new one"
+        ) from None
+
+
+def _encode_input(value: Any) -> bytes:
+    """A run input as JSON, encoded as the worker encodes handler outputs (so Structs,
+    dataclasses, enums, datetimes, UUIDs and Decimals are inputs too); `ConfigError` for a
+    value that has no JSON form."""
+    try:
+        return encode_value(value)
+    except UnencodableValue as exc:
+        raise ConfigError(
+            f"the run input cannot be turned into JSON ({type(value).__name__}): {exc}"
+        ) from None
+
+
+def _encoded(text: bytes) -> bytes:
+    """The `dumps` of an input `_encode_input` has encoded already."""
+    return text
+
+
+def _prefix_bounds(prefix: str) -> tuple[str, str]:
+    """The lowest and highest run ids that start with `prefix` (hex digits, hyphens ignored);
+    `RunNotFound` when it cannot start a run id."""
+    digits = prefix.strip().lower().replace("-", "")
+    if not digits or len(digits) > 32 or not _HEX_DIGITS.issuperset(digits):
+        raise RunNotFound(
+            f"{prefix!r} is not a run id nor the start of one: run ids are UUIDs (hex digits "
+            "and hyphens), as `pgflow runs list` shows them"
+        )
+    return str(UUID(digits.ljust(32, "0"))), str(UUID(digits.ljust(32, "f")))
+
+
 def _steps_from(
     step_rows: Sequence[dict[str, Any]], task_rows: Sequence[dict[str, Any]]
 ) -> list[StepState]:
@@ -393,7 +602,7 @@ class Client:
         self.dsn, self.dsn_source = resolve_dsn(dsn)
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
         self._lock = threading.RLock()
-        self._plans = _Plans()
+        self._plans = _Plans(redact(self.dsn))
 
     def __enter__(self) -> Client:
         return self
@@ -415,7 +624,7 @@ class Client:
             return cursor.fetchall() if cursor.description else []
 
     def _drive(self, plan: _Plan[T]) -> T:
-        stepper = _Stepper(plan)
+        stepper = _Stepper(self._plans.checked(plan))
         op = stepper.send()
         while op is not None:
             if isinstance(op, _Sleep):
@@ -426,8 +635,19 @@ class Client:
         return stepper.result
 
     def start(self, flow: Flow | str, input: Any = None, run_id: str | UUID | None = None) -> str:
-        """Start a run and return its id. A `Flow` object is compiled first if needed."""
+        """Start a run and return its id. A `Flow` object is compiled first if needed, and the
+        input is checked against its root steps' typed inputs (`InputValidationError`, as a
+        worker would fail the task) before the run is created.
+
+        With `run_id`, starting a run that already exists with the same flow and input returns
+        its id (nothing is started twice); with another flow or input it raises `RunConflict`.
+        """
         return self._drive(self._plans.start(flow, input, run_id))
+
+    def find_run_id(self, prefix: str) -> str:
+        """The id of the one run whose id starts with `prefix` (such as the 8 characters the
+        progress line shows) or is `prefix`; `RunNotFound` when none or several do."""
+        return self._drive(self._plans.find_run_id(prefix))
 
     def get(self, run_id: str | UUID, *, with_tasks: bool = True) -> Run:
         """The run with its steps (and their tasks)."""
@@ -438,7 +658,8 @@ class Client:
 
     def wait(self, run_id: str | UUID, timeout: float | None = None) -> Any:
         """Wait for the run to finish; return its output, or raise `RunFailed` /
-        `RunCancelled`, or `WaitTimeout` after `timeout` seconds."""
+        `RunCancelled`, or `WaitTimeout` after `timeout` seconds. Logs a warning (logger
+        `pgflow.client`, once per wait) when no live worker serves the run's flow."""
         return self._drive(self._plans.wait(run_id, timeout))
 
     def cancel(self, run_id: str | UUID) -> str:
@@ -450,6 +671,14 @@ class Client:
     ) -> list[Run]:
         """The newest runs, optionally of one flow and/or in one status."""
         return self._drive(self._plans.runs(flow, status, limit))
+
+    def workers(self, flow: str | None = None, limit: int = 50) -> list[WorkerInfo]:
+        """Workers, newest first (one row per flow a worker serves), optionally of one flow."""
+        return self._drive(self._plans.workers(flow, limit))
+
+    def serving_workers(self, flow_slug: str) -> int:
+        """How many live workers serve the flow now (see `pgflow.db.workers`)."""
+        return self._drive(self._plans.serving(flow_slug))
 
     def flows(self) -> list[FlowDefinition]:
         """Every flow defined in the database, by slug."""
@@ -467,7 +696,7 @@ class AsyncClient:
         self.dsn, self.dsn_source = resolve_dsn(dsn)
         self._conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
         self._lock = asyncio.Lock()
-        self._plans = _Plans()
+        self._plans = _Plans(redact(self.dsn))
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -496,7 +725,7 @@ class AsyncClient:
             return await cursor.fetchall() if cursor.description else []
 
     async def _drive(self, plan: _Plan[T]) -> T:
-        stepper = _Stepper(plan)
+        stepper = _Stepper(self._plans.checked(plan))
         op = stepper.send()
         while op is not None:
             if isinstance(op, _Sleep):
@@ -514,6 +743,9 @@ class AsyncClient:
     ) -> str:
         return await self._drive(self._plans.start(flow, input, run_id))
 
+    async def find_run_id(self, prefix: str) -> str:
+        return await self._drive(self._plans.find_run_id(prefix))
+
     async def get(self, run_id: str | UUID, *, with_tasks: bool = True) -> Run:
         return await self._drive(self._plans.get(run_id, with_tasks))
 
@@ -530,6 +762,12 @@ class AsyncClient:
         self, flow: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[Run]:
         return await self._drive(self._plans.runs(flow, status, limit))
+
+    async def workers(self, flow: str | None = None, limit: int = 50) -> list[WorkerInfo]:
+        return await self._drive(self._plans.workers(flow, limit))
+
+    async def serving_workers(self, flow_slug: str) -> int:
+        return await self._drive(self._plans.serving(flow_slug))
 
     async def flows(self) -> list[FlowDefinition]:
         return await self._drive(self._plans.flows())

@@ -9,8 +9,9 @@ what to do. They never contain a database password. All of them are exported fro
     ├── DatabaseUnavailable          PostgreSQL cannot be reached
     ├── EmbeddedUnavailable          the embedded server is missing or does not start
     ├── MigrationError               the schema cannot be brought up to date
+    │   ├── SchemaTooNew             ... because a newer pgflow migrated it
+    │   └── SchemaNotMigrated        the schema is missing or older than this pgflow
     ├── GrantError                   a pgflow role cannot be granted to a login
-    │   └── SchemaTooNew             ... because a newer pgflow migrated it
     ├── FlowDefinitionError          a flow is defined wrongly (at definition time)
     ├── UnknownStepError             a step slug the flow does not define (also LookupError)
     ├── FlowLoadError                a "module:attr" flow reference does not resolve
@@ -23,7 +24,8 @@ what to do. They never contain a database password. All of them are exported fro
     │   ├── ExecutorBusyError
     │   └── ExecutorClosedError
     ├── PluginError                  a plugin failed to load or broke a hook's rules
-    ├── RunNotFound                  no run has this id (also LookupError)
+    ├── RunNotFound                  no run has this id, or it is no run id (also LookupError)
+    ├── RunConflict                  a run id given to start is taken by another flow or input
     ├── RunFailed                    a waited-for run failed
     │   └── RunCancelled
     ├── WaitTimeout                  a run did not finish in time (also TimeoutError)
@@ -80,6 +82,16 @@ class MigrationError(PgflowError):
 
 class SchemaTooNew(MigrationError):
     """The database was migrated by a newer pgflow than this one."""
+
+    def __init__(self, message: str, *, database_version: int, package_version: int) -> None:
+        super().__init__(message)
+        self.database_version = database_version
+        self.package_version = package_version
+
+
+class SchemaNotMigrated(MigrationError):
+    """The database has no pgflow schema (`database_version` 0), or an older one than this
+    pgflow ships: `pgflow db migrate` brings it up to date."""
 
     def __init__(self, message: str, *, database_version: int, package_version: int) -> None:
         super().__init__(message)
@@ -187,7 +199,11 @@ class PluginError(PgflowError):
 
 
 class RunNotFound(PgflowError, LookupError):
-    """No run has this id."""
+    """No run has this id, the id is malformed, or a prefix of ids matches none or several."""
+
+
+class RunConflict(PgflowError):
+    """A run id given to start a run is already the id of a run of another flow or input."""
 
 
 class RunFailed(PgflowError):
@@ -292,8 +308,10 @@ __all__ = [
     "PgflowError",
     "PluginError",
     "RunCancelled",
+    "RunConflict",
     "RunFailed",
     "RunNotFound",
+    "SchemaNotMigrated",
     "SchemaTooNew",
     "UnencodableValue",
     "UnknownStepError",

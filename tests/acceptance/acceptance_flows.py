@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import msgspec
 import psycopg
 
 from pgflow.flow import Flow
@@ -168,6 +169,23 @@ def gated_output(count: int) -> dict[str, Any]:
 
 
 not_a_flow = "a string, not a Flow"
+
+# a flow whose steps were never defined (for instance because their module was not imported)
+empty = Flow("acc_empty")
+
+
+class Amount(msgspec.Struct):
+    cents: int
+
+
+# a root step with a typed input, which `pgflow start acceptance_flows:typed` checks
+typed = Flow("acc_typed")
+
+
+@typed.step()
+def take(amount: Amount) -> int:
+    return amount.cents
+
 
 # -- helpers for the tests ------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 from collections.abc import Callable
 
+import psycopg
 import pytest
 
 FIELDS = {
@@ -84,3 +85,26 @@ def test_bench_rejects_an_unknown_scenario(
     assert result.returncode == 1
     assert "unknown scenario" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--executor", "nope"], "error: unknown executor 'nope'; known executors: "),
+        (["nope"], "error: unknown scenario(s) nope; choose from "),
+    ],
+    ids=["executor", "scenario"],
+)
+def test_bench_checks_its_settings_before_touching_the_database(
+    run_pgflow: Callable[..., subprocess.CompletedProcess[str]],
+    empty_db_dsn: str,
+    args: list[str],
+    said: str,
+) -> None:
+    result = run_pgflow("bench", "--dsn", empty_db_dsn, *args, timeout=60)
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(said), result.stderr
+    with psycopg.connect(empty_db_dsn) as conn:
+        # not migrated, nothing compiled: the empty database is as it was
+        assert conn.execute("select to_regnamespace('pgflow')").fetchone() == (None,)

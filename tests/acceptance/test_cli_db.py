@@ -187,3 +187,26 @@ def test_prune_rejects_a_malformed_duration(bad: str, run_pgflow: Run) -> None:
     assert result.returncode == 2
     assert "expected a duration like 30m, 12h, 7d or 2w" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- every command on a database that is not migrated ----------------------------------------
+
+
+UNMIGRATED_COMMANDS = [
+    ("start", "some_flow"),
+    ("runs", "list"),
+    ("runs", "show", "00000000-0000-4000-8000-000000000000"),
+    ("cancel", "00000000-0000-4000-8000-000000000000"),
+    ("flows", "list"),
+    ("flows", "show", "some_flow"),
+    ("worker", "pgflow.examples.demo:flow"),
+    ("workers",),
+]
+
+
+@pytest.mark.parametrize("command", UNMIGRATED_COMMANDS, ids=" ".join)
+def test_every_command_on_an_unmigrated_database_says_to_migrate(
+    command: tuple[str, ...], empty_db_dsn: str, run_pgflow: Run
+) -> None:
+    line = assert_one_error_line(run_pgflow(*command, "--dsn", empty_db_dsn, timeout=60))
+    assert "has no pgflow schema: run `pgflow db migrate`" in line

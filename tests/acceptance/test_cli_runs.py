@@ -272,3 +272,101 @@ def test_cancelling_a_cancelled_run_says_there_is_nothing_to_cancel(
     ok(run_pgflow("cancel", runs.waiting, "--dsn", db_dsn))
     again = ok(run_pgflow("cancel", runs.waiting, "--dsn", db_dsn)).strip()
     assert again == f"run {runs.waiting} had already finished (cancelled); nothing to cancel"
+
+
+# -- run ids --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def idle_flow(conn: Conn) -> str:
+    """A flow no worker serves: its runs stay started."""
+    conn.execute("select pgflow.create_flow('acc_ids')")
+    conn.execute("select pgflow.add_step('acc_ids', 'only')")
+    return "acc_ids"
+
+
+def test_runs_show_and_cancel_take_a_unique_prefix(
+    idle_flow: str, conn: Conn, db_dsn: str, run_pgflow: Run
+) -> None:
+    run_id = start_run(conn, idle_flow, {})
+    shown = ok(run_pgflow("runs", "show", run_id[:8], "--dsn", db_dsn)).splitlines()
+    assert shown[0] == f"run {run_id}  flow acc_ids  started  running"
+    said = ok(run_pgflow("cancel", run_id[:8].upper(), "--dsn", db_dsn)).strip()
+    assert said == f"run {run_id} cancelled"
+
+
+def test_an_ambiguous_prefix_lists_candidates(
+    idle_flow: str, conn: Conn, db_dsn: str, run_pgflow: Run
+) -> None:
+    twins = [f"abcdef01-0000-4000-8000-00000000000{n}" for n in (1, 2)]
+    for run_id in twins:
+        conn.execute("select pgflow.start_flow('acc_ids', '{}'::jsonb, %s)", (run_id,))
+    for command in (("runs", "show"), ("cancel",)):
+        line = assert_one_error_line(run_pgflow(*command, "abcdef", "--dsn", db_dsn))
+        assert line == (
+            f"error: run id prefix 'abcdef' is ambiguous: {twins[0]}, {twins[1]} start with it; "
+            "give more of the id"
+        )
+    assert task_counts(conn, twins[0]) == {"queued": 1}  # nothing was cancelled
+
+
+def test_a_malformed_run_id_is_one_error_line(db_dsn: str, run_pgflow: Run) -> None:
+    for command in (("runs", "show"), ("cancel",)):
+        line = assert_one_error_line(run_pgflow(*command, "xyz", "--dsn", db_dsn))
+        assert line.startswith("error: 'xyz' is not a run id nor the start of one"), line
+        line = assert_one_error_line(run_pgflow(*command, "abc", "--dsn", db_dsn))
+        assert line == "error: no run id starts with 'abc'"
+
+
+def test_start_with_a_run_id_twice_is_idempotent(
+    idle_flow: str, conn: Conn, db_dsn: str, run_pgflow: Run
+) -> None:
+    run_id = "22222222-0000-4000-8000-000000000000"
+    start = ("start", idle_flow, "--run-id", run_id, "--dsn", db_dsn)
+    assert ok(run_pgflow(*start, "--input", '{"a": 1}')).strip() == run_id
+    again = run_pgflow(*start, "--input", '{"a": 1}')
+    assert ok(again).strip() == run_id
+    assert f"run {run_id} had already been started with this input" in again.stderr
+    assert conn.execute("select count(*) from pgflow.runs").fetchone() == (1,)
+
+    line = assert_one_error_line(run_pgflow(*start, "--input", '{"a": 2}'))
+    assert line == (
+        f"error: run {run_id} already exists with another input; give another run id, or none "
+        "for a new one"
+    )
+    line = assert_one_error_line(
+        run_pgflow("start", idle_flow, "--run-id", "nope", "--dsn", db_dsn)
+    )
+    assert "'nope' is not a UUID" in line
+
+
+def test_runs_show_gives_every_step_of_a_finished_run_a_final_state(
+    conn: Conn, db_dsn: str, run_pgflow: Run
+) -> None:
+    # first -> (then, each); maybe is skipped at once: its condition on the input is unmet
+    conn.execute("select pgflow.create_flow('acc_final')")
+    conn.execute("select pgflow.add_step('acc_final', 'first')")
+    conn.execute("select pgflow.add_step('acc_final', 'then', array['first'])")
+    conn.execute("select pgflow.add_step('acc_final', 'each', array['first'], step_type => 'map')")
+    conn.execute(
+        "select pgflow.add_step('acc_final', 'maybe', "
+        """required_input_pattern => '{"go": true}'::jsonb)"""
+    )
+    run_id = start_run(conn, "acc_final", {"go": False})
+    assert ok(run_pgflow("cancel", run_id, "--dsn", db_dsn)).strip() == f"run {run_id} cancelled"
+
+    lines = ok(run_pgflow("runs", "show", run_id, "--dsn", db_dsn)).splitlines()
+    assert re.fullmatch(rf"run {run_id}  flow acc_final  cancelled  \S+ m?s", lines[0]), lines
+    assert lines[1] == "error: Run cancelled"
+    assert re.fullmatch(
+        r"├─ first  \[single\]  stopped \(run cancelled\)  tasks 1/1  attempts 0  \S+ m?s",
+        lines[2],
+    ), lines
+    assert lines[3:] == [
+        "│     tasks: 1 cancelled",
+        "│  ├─ then  [single]  not started (run cancelled)  tasks 0/1  attempts 0  -",
+        "│  └─ each  [map]  not started (run cancelled)  tasks -  attempts 0  -",
+        "└─ maybe  [single]  skipped  tasks -  attempts 0  -",
+        "      skipped: condition_unmet",
+    ], lines
+    assert "running" not in "\n".join(lines)

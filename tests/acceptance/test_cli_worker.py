@@ -129,6 +129,26 @@ def test_start_wait_timeout_is_one_error_line(db_dsn: str, conn: Conn, run_pgflo
     assert "did not finish within 0.5s" in line
     (status,) = conn.execute("select status from pgflow.runs").fetchone() or (None,)
     assert status == "started"
+    # it said why, and how to fix it, and went on waiting until the timeout
+    warnings = [w for w in result.stderr.splitlines() if w.startswith("warning: ")]
+    assert warnings == [
+        "warning: no live worker serves flow 'acc_idle' (none has sent a heartbeat in the last "
+        "15 s): the run waits until one does; start one with `pgflow worker <module>:<flow>` "
+        "for the module that defines 'acc_idle'"
+    ], result.stderr
+
+
+def test_start_wait_says_nothing_of_workers_while_one_is_live(
+    db_dsn: str, conn: Conn, run_pgflow: Run
+) -> None:
+    conn.execute("select pgflow.create_flow('acc_idle')")
+    conn.execute("select pgflow.add_step('acc_idle', 'only')")
+    conn.execute(
+        "select pgflow.register_worker(gen_random_uuid(), 'acc_idle', 'elsewhere:1')"
+    )  # a worker row as a live worker keeps it, without the worker
+    result = run_pgflow("start", "acc_idle", "--wait", "--timeout", "0.5", "--dsn", db_dsn)
+    assert "did not finish within 0.5s" in assert_one_error_line(result)
+    assert "warning" not in result.stderr
 
 
 # -- several workers ----------------------------------------------------------------------------
@@ -367,6 +387,67 @@ def test_a_second_sigterm_exits_at_once(workers: WorkerPool, conn: Conn, tmp_pat
     assert task_counts(conn, run_id) == {"started": 2}
 
 
+# -- pgflow workers -------------------------------------------------------------------------------
+
+
+def listed_workers(stdout: str) -> dict[str, tuple[str, str, str]]:
+    """worker_id -> (flow, where, state) of `pgflow workers`."""
+    rows = {}
+    for line in stdout.splitlines()[1:]:
+        flow, worker_id, where, *rest = line.split()
+        state = " ".join(rest).split(" ago ")[1]
+        rows[worker_id] = (flow, where, state)
+    return rows
+
+
+def test_workers_lists_live_stopped_and_presumed_dead_workers(
+    workers: WorkerPool, conn: Conn, db_dsn: str, run_pgflow: Run
+) -> None:
+    assert run_pgflow("workers", "--dsn", db_dsn).stdout.strip() == "no workers"
+    killed = workers.start([BASIC], conn=conn)
+    stopped = workers.start([FAILING], conn=conn)
+    live = workers.start([BASIC, FAILING], conn=conn)
+    stopped.send(signal.SIGTERM)
+    assert stopped.wait_exit(60) == 0, stopped.describe()
+    killed.send(signal.SIGKILL)
+    killed.wait_exit(30)
+    (killed_id,) = killed.worker_ids(conn)
+
+    # killed a moment ago: nothing tells it from a live one yet
+    result = run_pgflow("workers", "--dsn", db_dsn)
+    assert result.returncode == 0, result.stderr
+    assert listed_workers(result.stdout)[killed_id][2] == "live"
+
+    # as if it had missed three heartbeats (15 s) without waiting for them
+    conn.execute(
+        "update pgflow.workers set last_heartbeat_at = now() - interval '16 seconds' "
+        "where worker_id = %s",
+        (killed_id,),
+    )
+    result = run_pgflow("workers", "--dsn", db_dsn)
+    assert result.returncode == 0, result.stderr
+    header, *lines = result.stdout.splitlines()
+    assert header.split() == ["flow", "worker_id", "where", "last", "heartbeat", "state"]
+    rows = listed_workers(result.stdout)
+    assert rows[killed_id] == ("acc_basic", killed.function_name, "presumed dead")
+    assert re.search(r" (1[6-9]|[2-5]\d) s ago +presumed dead$", lines[-1]), lines
+    (stopped_id,) = stopped.worker_ids(conn)
+    assert rows[stopped_id] == ("acc_failing", stopped.function_name, "stopped")
+    live_ids = live.worker_ids(conn)
+    assert [rows[i] for i in live_ids] == [
+        ("acc_basic", live.function_name, "live"),
+        ("acc_failing", live.function_name, "live"),
+    ]
+    # newest first: the live worker's two rows, then the stopped one, then the killed one
+    assert list(rows)[2:] == [stopped_id, killed_id]
+    assert set(list(rows)[:2]) == set(live_ids)
+
+    only = listed_workers(run_pgflow("workers", "--flow", "acc_failing", "--dsn", db_dsn).stdout)
+    assert set(only) == {stopped_id, live_ids[1]}
+    assert len(listed_workers(run_pgflow("workers", "--limit", "1", "--dsn", db_dsn).stdout)) == 1
+    assert run_pgflow("workers", "--limit", "0", "--dsn", db_dsn).returncode == 2
+
+
 # -- errors ---------------------------------------------------------------------------------------
 
 
@@ -394,6 +475,38 @@ def test_a_reference_to_something_else_than_a_flow_is_one_error_line(
     )
     line = assert_one_error_line(result)
     assert "not a pgflow Flow" in line
+
+
+def test_a_flow_without_steps_is_one_error_line(db_dsn: str, conn: Conn, run_pgflow: Run) -> None:
+    no_steps = "error: flow 'acc_empty' has no steps: define at least one with @flow.step()"
+    served = run_pgflow(
+        "worker", "acceptance_flows:empty", "--dsn", db_dsn, env=_flows_importable()
+    )
+    assert assert_one_error_line(served).startswith(no_steps)
+    conn.execute("select pgflow.create_flow('acc_empty')")  # as SQL allows
+    assert assert_one_error_line(run_pgflow("start", "acc_empty", "--dsn", db_dsn)).startswith(
+        no_steps
+    )
+    assert conn.execute("select count(*) from pgflow.runs").fetchone() == (0,)
+
+
+def test_start_by_reference_checks_a_typed_input_before_the_run_exists(
+    conn: Conn, db_dsn: str, run_pgflow: Run
+) -> None:
+    start = ("start", "acceptance_flows:typed", "--dsn", db_dsn)
+    refused = run_pgflow(*start, "--input", '{"cents": "ten"}', env=_flows_importable())
+    assert assert_one_error_line(refused) == (
+        "error: step 'take' of flow 'acc_typed': the input does not match `Amount`: "
+        "Expected `int`, got `str` - at `$.cents`"
+    )
+    assert conn.execute("select count(*) from pgflow.runs").fetchone() == (0,)
+    # a fitting input starts the run (and the flow is compiled from the reference)
+    started = run_pgflow(*start, "--input", '{"cents": 10}', env=_flows_importable())
+    assert started.returncode == 0, started.stderr
+    assert run_row(conn, started.stdout.strip()) == ("started", None)
+    # a bare slug cannot be checked: the run is created, and a worker would fail its task
+    by_slug = run_pgflow("start", "acc_typed", "--input", '{"cents": "ten"}', "--dsn", db_dsn)
+    assert by_slug.returncode == 0, by_slug.stderr
 
 
 def test_a_changed_flow_is_refused_unless_data_loss_is_allowed(

@@ -30,6 +30,7 @@ from worker_helpers import (
 )
 
 from pgflow.client import Client, RunFailed
+from pgflow.errors import InputValidationError
 
 # Which executor runs a handler does not depend on the claim/report path, so most scenarios take
 # the per-task path on one executor only; the chain, retries and context ones take every pair.
@@ -239,8 +240,11 @@ def test_a_non_array_feeding_a_map_fails_the_run(db_dsn: str, mode: Mode) -> Non
 def test_typed_handlers(db_dsn: str, mode: Mode) -> None:
     with running_worker([flows.typed], db_dsn, mode) as worker, Client(db_dsn) as client:
         good = worker.run_flow(client, flows.typed, {"sku": "A1", "quantity": 3})
-        wrong_type = worker.run_flow(client, flows.typed, {"sku": "A1", "quantity": "three"})
-        missing = worker.run_flow(client, flows.typed, {"sku": "A1"})
+        # by slug: Client.start would check these inputs itself, given the Flow
+        bad_inputs = ({"sku": "A1", "quantity": "three"}, {"sku": "A1"})
+        wrong_type, missing = (
+            worker.finish(client, client.start(flows.typed.slug, bad)) for bad in bad_inputs
+        )
 
     # a Struct output is stored as a JSON object
     assert completed_output(good) == {"confirm": {"receipt": {"sku": "A1", "total_cents": 750}}}
@@ -256,6 +260,10 @@ def test_typed_handlers(db_dsn: str, mode: Mode) -> None:
         assert run.status == "failed"
         assert run.error_message == prefix + reason
         assert statuses(run) == {"price": "failed", "confirm": "created"}
+        # given the Flow, Client.start refuses the input before the run exists, in the same words
+        with Client(db_dsn) as client, pytest.raises(InputValidationError) as refused:
+            client.start(flows.typed, run.input)
+        assert f"InputValidationError: {refused.value}" == run.error_message
 
 
 # Where each executor runs an `async def` handler.

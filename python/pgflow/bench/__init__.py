@@ -7,8 +7,16 @@ from pgflow.bench.runner import (
     SCENARIOS,
     BenchResult,
     BenchSettings,
+    check_settings,
     format_table,
     run_benchmarks,
 )
 
-__all__ = ["SCENARIOS", "BenchResult", "BenchSettings", "format_table", "run_benchmarks"]
+__all__ = [
+    "SCENARIOS",
+    "BenchResult",
+    "BenchSettings",
+    "check_settings",
+    "format_table",
+    "run_benchmarks",
+]

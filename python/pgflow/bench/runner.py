@@ -38,6 +38,7 @@ from pgflow.bench.flows import CHAIN_LENGTH, flow_ref
 from pgflow.db.connection import connect
 from pgflow.errors import BenchError
 from pgflow.flow import load_flow
+from pgflow.plugins.manager import executor_factory
 from pgflow.worker.options import WorkerOptions
 
 SCENARIOS = ("map", "chain", "diamond", "fanout", "cpu", "io")
@@ -82,14 +83,20 @@ class BenchResult:
         return json.dumps(asdict(self), sort_keys=False)
 
 
-def run_benchmarks(
-    dsn: str, scenarios: Sequence[str], settings: BenchSettings, progress: Progress
-) -> list[BenchResult]:
+def check_settings(scenarios: Sequence[str], settings: BenchSettings) -> None:
+    """Refuse unknown scenarios and executors before anything is compiled or started."""
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise BenchError(
             f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}"
         )
+    executor_factory(settings.worker.executor)
+
+
+def run_benchmarks(
+    dsn: str, scenarios: Sequence[str], settings: BenchSettings, progress: Progress
+) -> list[BenchResult]:
+    check_settings(scenarios, settings)
     results = []
     for name in scenarios or SCENARIOS:
         results.append(_run_scenario(dsn, name, settings, progress))

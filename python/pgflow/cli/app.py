@@ -1,7 +1,7 @@
 """The `pgflow` command.
 
-The commands live one module per group (`db`, `worker`, `runs`, `flows`, `demo`, `bench`); the
-parser plumbing they share is `pgflow.cli.parser`. Adding a command: write a module whose
+The commands live one module per group (`db`, `worker`, `workers`, `runs`, `flows`, `demo`,
+`bench`); the parser plumbing they share is `pgflow.cli.parser`. Adding a command: write a module whose
 `register(commands)` adds its subparsers with `parser.add_command` (which attaches the global
 options and the handler), and list it in `COMMANDS`.
 A handler takes the parsed `argparse.Namespace` and returns the exit code; it raises
@@ -26,7 +26,7 @@ from typing import TextIO
 import psycopg
 
 from pgflow import __version__
-from pgflow.cli import bench, db, demo, flows, runs, worker
+from pgflow.cli import bench, db, demo, flows, runs, worker, workers
 from pgflow.cli.parser import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     db.register,
     worker.register,
+    workers.register,
     runs.register,
     flows.register,
     demo.register,

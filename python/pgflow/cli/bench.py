@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pgflow.bench import SCENARIOS, BenchSettings, format_table, run_benchmarks
+from pgflow.bench import SCENARIOS, BenchSettings, check_settings, format_table, run_benchmarks
 from pgflow.cli.parser import EXIT_OK, Subparsers, add_command, database, positive_int
 from pgflow.cli.progress import StatusLine
 from pgflow.cli.worker import add_worker_options, options_from
@@ -55,11 +55,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         io_tasks=args.io_tasks,
         timeout=args.timeout,
     )
+    scenarios = args.scenarios or SCENARIOS
+    check_settings(scenarios, settings)  # before the database is touched
     dsn = database(args, announce=True)
     migrate(dsn)
     line = StatusLine()
     results = []
-    for name in args.scenarios or SCENARIOS:
+    for name in scenarios:
         result = run_benchmarks(dsn, [name], settings, line)[0]
         line.clear()
         print(

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict
 from datetime import datetime
 
@@ -20,8 +21,13 @@ from pgflow.cli.parser import (
     positive_int,
 )
 from pgflow.cli.progress import StatusLine
+from pgflow.cli.worker import import_from_cwd
 from pgflow.client import Client, Run, StepState
+from pgflow.db.workers import DEFAULT_HEARTBEAT_INTERVAL, no_worker_warning
 from pgflow.errors import PgflowError, RunFailed
+from pgflow.flow import Flow, load_flow
+
+_RUN_ID_HELP = "the run's id, or a unique start of it (such as the 8 characters progress shows)"
 
 
 def register(commands: Subparsers) -> None:
@@ -32,11 +38,21 @@ def register(commands: Subparsers) -> None:
 
 def register_start(commands: Subparsers) -> None:
     p = add_command(commands, "start", cmd_start, "Start a run of a flow.")
-    p.add_argument("flow", metavar="FLOW", help="the flow's slug")
+    p.add_argument(
+        "flow",
+        metavar="FLOW",
+        help="the flow's slug, or its module:attr (as for `pgflow worker`): the input is then "
+        "checked against a typed root step before the run is created",
+    )
     p.add_argument(
         "--input", type=json_arg, default={}, metavar="JSON", help="the run input (default {})"
     )
-    p.add_argument("--run-id", default=None, help="use this run id instead of a new one")
+    p.add_argument(
+        "--run-id",
+        default=None,
+        help="use this run id instead of a new one; if that run exists with the same flow and "
+        "input, it is the run (nothing starts twice)",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the run and print its output")
     p.add_argument(
         "--timeout", type=float, default=None, help="with --wait: give up after this many seconds"
@@ -44,8 +60,12 @@ def register_start(commands: Subparsers) -> None:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    flow: Flow | str = args.flow
+    if ":" in args.flow:  # a slug never has one
+        import_from_cwd()
+        flow = load_flow(args.flow)
     with Client(database(args)) as client:
-        run_id = client.start(args.flow, args.input, args.run_id)
+        run_id = client.start(flow, args.input, args.run_id)
         if not args.wait:
             print(run_id)
             return EXIT_OK
@@ -67,12 +87,20 @@ def wait_with_progress(client: Client, run_id: str, timeout: float | None) -> in
     line = StatusLine()
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
+    served = True
+    next_look = started  # for live workers: at once, then once per heartbeat interval
     while True:
         run = client.get(run_id)
         line.update(_progress_text(run, started))
         if run.finished:
             line.clear()
             break
+        if time.monotonic() >= next_look:
+            was_served, served = served, client.serving_workers(run.flow_slug) > 0
+            if was_served and not served:  # said again only if workers come and go again
+                line.clear()
+                print(f"warning: {no_worker_warning(run.flow_slug)}", file=sys.stderr)
+            next_look = time.monotonic() + DEFAULT_HEARTBEAT_INTERVAL
         if deadline is not None and time.monotonic() > deadline:
             line.clear()
             raise PgflowError(f"run {run_id} did not finish within {timeout:g}s (it goes on)")
@@ -101,7 +129,7 @@ def register_runs(commands: Subparsers) -> None:
         cmd_runs_show,
         "A run's steps as a tree, with status, attempts, timing and errors.",
     )
-    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("run_id", metavar="RUN_ID", help=_RUN_ID_HELP)
     p.add_argument("--json", action="store_true", help="print the run as JSON")
 
 
@@ -122,7 +150,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 
 def cmd_runs_show(args: argparse.Namespace) -> int:
     with Client(database(args)) as client:
-        run = client.get(args.run_id)
+        run = client.get(client.find_run_id(args.run_id))
     if args.json:
         print(json.dumps(asdict(run), indent=2, default=str))
         return EXIT_OK
@@ -140,7 +168,9 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
 
 
 def render_run(run: Run) -> str:
-    """The run's steps as a tree: each step under its first dependency."""
+    """The run's steps as a tree: each step under its first dependency. Once the run has
+    finished, every step shows a final state: one the run left open says it never started or
+    was stopped with the run, and its tasks are counted by status."""
     lines = [
         f"run {run.run_id}  flow {run.flow_slug}  {run.status}  "
         f"{_duration(run.started_at, run.finished_at)}"
@@ -157,9 +187,9 @@ def render_run(run: Run) -> str:
         for i, step in enumerate(kids):
             last = i == len(kids) - 1
             branch = "└─ " if last else "├─ "
-            lines.append(prefix + branch + _step_line(step))
+            lines.append(prefix + branch + _step_line(run, step))
             detail_prefix = prefix + ("   " if last else "│  ")
-            for detail in _step_details(step):
+            for detail in _step_details(run, step):
                 lines.append(detail_prefix + "   " + detail)
             walk(step.step_slug, detail_prefix)
 
@@ -167,14 +197,27 @@ def render_run(run: Run) -> str:
     return "\n".join(lines)
 
 
-def _step_line(step: StepState) -> str:
-    tasks = f"{step.tasks_done}/{step.initial_tasks}" if step.initial_tasks is not None else "?"
+# what a step the run left open shows once the run has finished
+_LEFT_OPEN = {"created": "not started", "started": "stopped"}
+
+
+def _step_line(run: Run, step: StepState) -> str:
+    left_open = run.finished and step.status in _LEFT_OPEN
+    status = f"{_LEFT_OPEN[step.status]} (run {run.status})" if left_open else step.status
+    if step.status == "skipped" and not step.tasks:
+        tasks = "-"  # skipped before it had any
+    elif step.initial_tasks is not None:
+        tasks = f"{step.tasks_done}/{step.initial_tasks}"
+    else:  # a map step whose array never came
+        tasks = "-" if run.finished else "?"
     attempts = max((t.attempts_count for t in step.tasks), default=0)
     end = step.completed_at or step.failed_at or step.skipped_at
+    if end is None and left_open:
+        end = run.finished_at
     parts = [
         f"{step.step_slug}",
         f"[{step.step_type}]",
-        step.status,
+        status,
         f"tasks {tasks}",
         f"attempts {attempts}",
         _duration(step.started_at, end) if step.started_at else "-",
@@ -184,12 +227,18 @@ def _step_line(step: StepState) -> str:
     return "  ".join(parts)
 
 
-def _step_details(step: StepState) -> list[str]:
+def _step_details(run: Run, step: StepState) -> list[str]:
     details = []
     if step.skip_reason:
         details.append(f"skipped: {step.skip_reason}")
     if step.error_message:
         details.append(f"error: {step.error_message}")
+    counts = Counter(t.status for t in step.tasks)
+    left_open = run.finished and step.status in _LEFT_OPEN
+    if counts and (left_open or len(counts) > 1):  # what became of each task
+        details.append(
+            "tasks: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        )
     failed = [t for t in step.tasks if t.error_message and t.status != "completed"]
     for task in failed[:3]:
         details.append(
@@ -202,15 +251,16 @@ def _step_details(step: StepState) -> list[str]:
 
 def register_cancel(commands: Subparsers) -> None:
     p = add_command(commands, "cancel", cmd_cancel, "Cancel a started run.")
-    p.add_argument("run_id", metavar="RUN_ID")
+    p.add_argument("run_id", metavar="RUN_ID", help=_RUN_ID_HELP)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     with Client(database(args)) as client:
-        before = client.status(args.run_id)
-        status = client.cancel(args.run_id) if before == "started" else before
+        run_id = client.find_run_id(args.run_id)
+        before = client.status(run_id)
+        status = client.cancel(run_id) if before == "started" else before
     if before == "started" and status == "cancelled":
-        print(f"run {args.run_id} cancelled")
+        print(f"run {run_id} cancelled")
     else:
-        print(f"run {args.run_id} had already finished ({status}); nothing to cancel")
+        print(f"run {run_id} had already finished ({status}); nothing to cancel")
     return EXIT_OK

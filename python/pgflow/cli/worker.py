@@ -80,11 +80,15 @@ def register(commands: Subparsers) -> None:
     p.add_argument("--quiet", action="store_true", help="log only warnings and errors")
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    # let `pgflow worker app.flows:flow` import from the current directory, like `python -m`
+def import_from_cwd() -> None:
+    """Let `module:flow` references import from the current directory, like `python -m`."""
     cwd = str(Path.cwd())
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import_from_cwd()
     if args.quiet:
         logging.getLogger("pgflow").setLevel(logging.WARNING)
     worker = Worker(args.flows, dsn=database(args), options=options_from(args, WorkerOptions()))

@@ -86,7 +86,7 @@ def encode_value(value: Any) -> bytes:
         encoded = _encoder.encode(value)
     except (TypeError, ValueError, RecursionError, OverflowError) as exc:
         raise UnencodableValue(
-            f"{exc}; return dicts, lists, strings, numbers, booleans, None, msgspec Structs, "
+            f"{exc}; use dicts, lists, strings, numbers, booleans, None, msgspec Structs, "
             "dataclasses, enums, datetimes, UUIDs or Decimals",
             type_name=type(value).__name__,
         ) from None

@@ -35,10 +35,17 @@ schema `pgmq`, which is where `status` reads its version.
 Released migrations never change: a file whose checksum differs from the one recorded raises
 `MigrationError`, and a database that has versions newer than any file shipped raises
 `SchemaTooNew`.
+
+Everything else that uses the database (`Worker`, `Client`, `AsyncClient`, and so every `pgflow`
+command) first compares the newest version applied (`SCHEMA_VERSION`, one cheap query, once per
+worker or client) with the newest shipped (`check_schema`, `schema_problem`): a database that was
+never migrated, or migrated by an older pgflow, raises `SchemaNotMigrated` saying to run
+`pgflow db migrate`, instead of whatever a missing table or function would raise later.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.resources
 import logging
@@ -52,11 +59,12 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import tuple_row
 
 from pgflow.db.connection import connect, describe_error, pooled
 from pgflow.db.connection import scalar as _scalar
 from pgflow.db.dsn import redact
-from pgflow.errors import MigrationError, SchemaTooNew
+from pgflow.errors import MigrationError, SchemaNotMigrated, SchemaTooNew
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # importlib.abc before Python 3.11
@@ -155,6 +163,58 @@ class MigrationStatus:
 
 
 Progress = Callable[[str], None]
+
+SCHEMA_VERSION = "select coalesce(max(version), 0) as version from pgflow.migrations"
+"""The newest migration applied to the database (0: none). On a database pgflow never migrated
+it fails with an error that `is_missing_schema` recognizes."""
+
+
+@functools.cache
+def shipped_version() -> int:
+    """The newest migration this pgflow ships (read from the package once per process)."""
+    return max((m.version for m in load_migrations()), default=0)
+
+
+def is_missing_schema(exc: BaseException) -> bool:
+    """Whether `SCHEMA_VERSION` failed because the database has no pgflow schema at all."""
+    return isinstance(exc, (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName))
+
+
+def schema_problem(database_version: int, database: str) -> MigrationError | None:
+    """Why a database whose newest applied migration is `database_version` (0: none) cannot be
+    used by this pgflow, or None when it can. `database` names it (without a password)."""
+    shipped = shipped_version()
+    if database_version > shipped:
+        return _too_new(database_version, shipped)
+    if database_version == shipped:
+        return None
+    state = (
+        "has no pgflow schema"
+        if database_version == 0
+        else f"has pgflow schema version {database_version}, older than this pgflow-py's {shipped}"
+    )
+    return SchemaNotMigrated(
+        f"database {database} {state}: run `pgflow db migrate` (or pgflow.migrate(dsn)) first",
+        database_version=database_version,
+        package_version=shipped,
+    )
+
+
+def check_schema(conn: psycopg.Connection[Any], database: str) -> None:
+    """Raise `SchemaNotMigrated` (or `SchemaTooNew`) unless the database behind `conn` has
+    exactly the schema this pgflow ships. `database` names it (without a password)."""
+    try:
+        with conn.transaction(), conn.cursor(row_factory=tuple_row) as cursor:
+            row = cursor.execute(SCHEMA_VERSION).fetchone()
+    except psycopg.Error as exc:
+        if not is_missing_schema(exc):
+            raise
+        version = 0
+    else:
+        version = int(row[0]) if row is not None else 0
+    problem = schema_problem(version, database)
+    if problem is not None:
+        raise problem
 
 
 def migrate(
@@ -368,12 +428,7 @@ def _check_compatible(applied: dict[int, AppliedMigration], shipped: list[Migrat
     newest_shipped = max(by_version, default=0)
     newest_applied = max(applied, default=0)
     if newest_applied > newest_shipped:
-        raise SchemaTooNew(
-            f"database migrated by a newer pgflow (version {newest_applied}); upgrade pgflow-py "
-            f"(this one ships migrations up to version {newest_shipped})",
-            database_version=newest_applied,
-            package_version=newest_shipped,
-        )
+        raise _too_new(newest_applied, newest_shipped)
     for version, row in applied.items():
         migration = by_version.get(version)
         if migration is None:
@@ -388,6 +443,15 @@ def _check_compatible(applied: dict[int, AppliedMigration], shipped: list[Migrat
                 f"{row.checksum[:12]} in the database); released migrations must not be edited: "
                 "put the change in a new migration"
             )
+
+
+def _too_new(database_version: int, package_version: int) -> SchemaTooNew:
+    return SchemaTooNew(
+        f"database migrated by a newer pgflow (version {database_version}); upgrade pgflow-py "
+        f"(this one ships migrations up to version {package_version})",
+        database_version=database_version,
+        package_version=package_version,
+    )
 
 
 def _apply(conn: psycopg.Connection[Any], migration: Migration) -> None:

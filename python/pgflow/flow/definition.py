@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
+
+import msgspec
 
 from pgflow.errors import FlowDefinitionError, UnknownStepError
 from pgflow.flow.handlers import HandlerSpec
@@ -40,6 +42,8 @@ from pgflow.flow.validation import (
 __all__ = ["Flow", "StepRef"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_RAW_ELEMENTS: Final = msgspec.json.Decoder(list[msgspec.Raw])
 
 #: A way to name a step: its slug, its Step object, or the function decorated as the step.
 StepRef = str | Step | Callable[..., Any]
@@ -214,6 +218,27 @@ class Flow:
             if value is not None:
                 options[key] = value
         return {"steps": [step.shape() for step in self._steps.values()], "options": options}
+
+    # -- run input -------------------------------------------------------------------------------
+
+    def check_run_input(self, run_input: bytes) -> None:
+        """Raise `InputValidationError`, with the message a worker would fail the task with, when
+        the run input (JSON text) does not fit the type a root step's handler declares (each
+        element, for a root map step). Untyped root steps take anything; an input that a root
+        map step cannot map over is left for `pgflow.start_flow` to refuse."""
+        for step in self._steps.values():
+            if not step.is_root or step.input_type is None:
+                continue
+            if not step.is_map:
+                step.convert_input_raw(run_input)
+                continue
+            try:
+                # each element's own JSON text, as the worker cuts it out of the array
+                elements = _RAW_ELEMENTS.decode(run_input)
+            except msgspec.ValidationError:
+                continue
+            for element in elements:
+                step.convert_input_raw(memoryview(element))
 
     # -- internals -------------------------------------------------------------------------------
 

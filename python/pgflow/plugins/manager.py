@@ -195,6 +195,16 @@ def create_executor(
 ) -> Executor:
     """Build the executor registered as `name`; raises `PluginError` listing the known names
     when there is none."""
+    return executor_factory(name)(
+        concurrency=concurrency,
+        resolve_step=resolve_step,
+        load_flow_input=load_flow_input,
+    )
+
+
+def executor_factory(name: str) -> ExecutorFactory:
+    """The factory registered as `name` (so a name can be checked before any work starts);
+    raises `PluginError` listing the known names when there is none."""
     factories = available_executors()
     factory = factories.get(name)
     if factory is None:
@@ -205,11 +215,7 @@ def create_executor(
             f"unknown executor {name!r}; known executors: {known}. Plugins can add executors "
             "(see docs/plugins.md)"
         )
-    return factory(
-        concurrency=concurrency,
-        resolve_step=resolve_step,
-        load_flow_input=load_flow_input,
-    )
+    return factory
 
 
 def has_event_sinks() -> bool:

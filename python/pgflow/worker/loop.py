@@ -38,9 +38,11 @@ from typing import Any
 
 import psycopg
 
+from pgflow.db.compile import check_has_steps
 from pgflow.db.connection import commit_asynchronously, connect
 from pgflow.db.dsn import redact, resolve_dsn
 from pgflow.db.listener import EVENTS_CHANNEL, TASKS_CHANNEL, ChannelListener, task_listener
+from pgflow.db.migrations import check_schema
 from pgflow.errors import PgflowError, one_line
 from pgflow.executors.base import Executor, Job, JobResult, Pace
 from pgflow.flow import Flow, load_flow
@@ -139,6 +141,7 @@ class Worker:
         self.flow_refs: dict[str, str | None] = {}
         for item in flows:
             flow = load_flow(item) if isinstance(item, str) else item
+            check_has_steps(flow.slug, len(flow))
             if flow.slug in self.flows:
                 raise PgflowError(f"flow {flow.slug!r} was given twice; give each flow once")
             self.flows[flow.slug] = flow
@@ -222,6 +225,7 @@ class Worker:
     def _run(self) -> None:
         get_plugin_manager()  # load plugins early, so errors in them surface at start
         self._conn = self._connect_with_backoff()
+        check_schema(self._conn, redact(self.dsn))
         self._compile_flows()
         self._register()
         self._executor = create_executor(

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Final
 
+from pgflow.db.workers import DEFAULT_HEARTBEAT_INTERVAL
 from pgflow.errors import ConfigError
 
 #: PostgreSQL cannot store a jsonb value larger than this (about 256 MiB).
@@ -35,7 +36,9 @@ class WorkerOptions:
         per_task: claim and report with the contract's per-task functions only (slower).
         allow_data_loss: replace a flow whose shape changed, deleting its runs (owner only).
         poll_interval: seconds between polls when no NOTIFY arrives.
-        heartbeat_interval: seconds between heartbeats (and deprecation checks).
+        heartbeat_interval: seconds between heartbeats (and deprecation checks). Whoever looks
+            at workers presumes one dead after three default intervals without a heartbeat
+            (`pgflow.db.workers`): a longer interval makes a live worker look dead.
         requeue_interval: seconds between sweeps for tasks of dead workers.
         shutdown_grace: seconds in-flight tasks get to finish on a graceful stop.
         max_backoff: the longest wait between reconnection attempts, in seconds.
@@ -52,7 +55,7 @@ class WorkerOptions:
     per_task: bool = False
     allow_data_loss: bool = False
     poll_interval: float = 1.0
-    heartbeat_interval: float = 5.0
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     requeue_interval: float = 15.0
     shutdown_grace: float = 30.0
     max_backoff: float = 10.0
