@@ -25,6 +25,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -108,29 +109,24 @@ def _run_scenario(dsn: str, name: str, settings: BenchSettings, progress: Progre
     flow = load_flow(ref)
     with connect(dsn, autocommit=True) as conn:
         _reset_flow(conn, flow.slug, flow.shape())
-        workers = _start_workers(dsn, ref, settings)
+        workers = _Workers(dsn, ref, settings)
         try:
-            _wait_registered(conn, flow.slug, workers, settings)
+            workers.wait_registered(conn, flow.slug)
+            wait = _Waiter(conn, settings, progress, workers)
             if name == "map":
-                result = _bench_root_map(
-                    conn, name, flow.slug, "item", settings.map_tasks, settings, progress
-                )
+                result = _bench_root_map(conn, name, flow.slug, "item", settings.map_tasks, wait)
             elif name == "chain":
-                result = _bench_chain(conn, settings, progress)
+                result = _bench_chain(conn, settings, wait)
             elif name == "diamond":
-                result = _bench_diamond(conn, settings, progress)
+                result = _bench_diamond(conn, settings, wait)
             elif name == "cpu":
-                result = _bench_root_map(
-                    conn, name, flow.slug, "burn", settings.cpu_tasks, settings, progress
-                )
+                result = _bench_root_map(conn, name, flow.slug, "burn", settings.cpu_tasks, wait)
             elif name == "io":
-                result = _bench_root_map(
-                    conn, name, flow.slug, "wait", settings.io_tasks, settings, progress
-                )
+                result = _bench_root_map(conn, name, flow.slug, "wait", settings.io_tasks, wait)
             else:
-                result = _bench_fanout(conn, settings, progress)
+                result = _bench_fanout(conn, settings, wait)
         finally:
-            peak = _stop_workers(workers)
+            peak = workers.stop()
         _reset_flow(conn, flow.slug, None)
     result.peak_rss_mb = peak
     result.settings = {
@@ -147,70 +143,81 @@ def _run_scenario(dsn: str, name: str, settings: BenchSettings, progress: Progre
 # -- workers ------------------------------------------------------------------------------------
 
 
-def _start_workers(
-    dsn: str, flow_ref: str, settings: BenchSettings
-) -> list[subprocess.Popen[bytes]]:
-    env = dict(os.environ)
-    env["PGFLOW_DSN"] = dsn
-    if settings.no_rust:
-        env["PGFLOW_NO_RUST"] = "1"
-    else:
-        env.pop("PGFLOW_NO_RUST", None)
-    command = [
-        sys.executable,
-        "-m",
-        "pgflow",
-        "worker",
-        flow_ref,
-        *settings.worker.cli_args(),
-        "--quiet",
-    ]
-    return [
-        subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        for _ in range(settings.workers)
-    ]
+class _Workers:
+    """The `pgflow worker` processes of one scenario. What they write to stderr is kept, so
+    that a worker that exits (or never starts) fails the benchmark at once with its own words
+    instead of a timeout minutes later."""
 
-
-def _wait_registered(
-    conn: psycopg.Connection[Any],
-    flow_slug: str,
-    workers: list[subprocess.Popen[bytes]],
-    settings: BenchSettings,
-) -> None:
-    deadline = time.monotonic() + 60
-    pids = {str(w.pid) for w in workers}
-    while True:
-        rows = conn.execute(
-            "select function_name from pgflow.workers where queue_name = %s and stopped_at is null",
-            (flow_slug,),
-        ).fetchall()
-        seen = {str(r[0]).rsplit(":", 1)[-1] for r in rows}
-        if pids <= seen:
-            return
-        dead = [w for w in workers if w.poll() is not None]
-        if dead:
-            raise BenchError(
-                f"a worker process exited with code {dead[0].returncode} before it started; "
-                "run `pgflow worker` by hand to see why"
+    def __init__(self, dsn: str, flow_ref: str, settings: BenchSettings) -> None:
+        env = dict(os.environ)
+        env["PGFLOW_DSN"] = dsn
+        if settings.no_rust:
+            env["PGFLOW_NO_RUST"] = "1"
+        else:
+            env.pop("PGFLOW_NO_RUST", None)
+        command = [
+            sys.executable,
+            "-m",
+            "pgflow",
+            "worker",
+            flow_ref,
+            *settings.worker.cli_args(),
+            "--quiet",
+        ]
+        # closed in stop()
+        self.stderr = [tempfile.TemporaryFile() for _ in range(settings.workers)]  # noqa: SIM115
+        self.processes = [
+            subprocess.Popen(
+                command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
             )
-        if time.monotonic() > deadline:
-            raise BenchError("the worker processes did not register within 60 s")
-        time.sleep(0.05)
+            for err in self.stderr
+        ]
 
+    def check(self) -> None:
+        """Raise `BenchError` with the worker's last words when one has exited."""
+        for process, err in zip(self.processes, self.stderr, strict=True):
+            code = process.poll()
+            if code is None:
+                continue
+            err.seek(0)
+            lines = [line.strip() for line in err.read().decode(errors="replace").splitlines()]
+            said = [line for line in lines if line.startswith("error:")] or lines
+            last = said[-1] if said else "(it printed nothing)"
+            raise BenchError(f"a worker process exited with code {code}: {last}")
 
-def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> float | None:
-    peaks = [_peak_rss_mb(w.pid) for w in workers]
-    for w in workers:
-        if w.poll() is None:
-            w.send_signal(signal.SIGTERM)
-    for w in workers:
-        try:
-            w.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            w.kill()
-            w.wait()
-    known = [p for p in peaks if p is not None]
-    return max(known) if known else None
+    def wait_registered(self, conn: psycopg.Connection[Any], flow_slug: str) -> None:
+        deadline = time.monotonic() + 60
+        pids = {str(w.pid) for w in self.processes}
+        while True:
+            rows = conn.execute(
+                "select function_name from pgflow.workers where queue_name = %s"
+                " and stopped_at is null",
+                (flow_slug,),
+            ).fetchall()
+            seen = {str(r[0]).rsplit(":", 1)[-1] for r in rows}
+            if pids <= seen:
+                return
+            self.check()
+            if time.monotonic() > deadline:
+                raise BenchError("the worker processes did not register within 60 s")
+            time.sleep(0.05)
+
+    def stop(self) -> float | None:
+        """Stop the workers (SIGTERM, then SIGKILL after 30 s); their highest peak RSS."""
+        peaks = [_peak_rss_mb(w.pid) for w in self.processes]
+        for w in self.processes:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        for w in self.processes:
+            try:
+                w.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.kill()
+                w.wait()
+        for err in self.stderr:
+            err.close()
+        known = [p for p in peaks if p is not None]
+        return max(known) if known else None
 
 
 def _peak_rss_mb(pid: int) -> float | None:
@@ -239,51 +246,59 @@ def _db_now(conn: psycopg.Connection[Any]) -> Any:
     return row[0]
 
 
-def _wait_runs(
-    conn: psycopg.Connection[Any],
-    flow_slug: str,
-    runs: int,
-    tasks: int,
-    settings: BenchSettings,
-    progress: Progress,
-    label: str,
-) -> None:
-    """Wait until every run of the flow has finished, showing progress."""
-    deadline = time.monotonic() + settings.timeout
-    started = time.monotonic()
-    last_report = 0.0
-    while True:
-        row = conn.execute(
-            "select count(*) filter (where status <> 'started'), "
-            "count(*) filter (where status in ('failed', 'cancelled')) "
-            "from pgflow.runs where flow_slug = %s",
-            (flow_slug,),
-        ).fetchone()
-        assert row is not None
-        finished, failed = row
-        if failed:
-            raise BenchError(
-                f"{label}: {failed} run(s) failed; see `pgflow runs list --status failed`"
-            )
-        if finished >= runs:
-            progress("")
-            return
-        now = time.monotonic()
-        if now - last_report >= 0.5:
-            last_report = now
-            done = conn.execute(
-                "select count(*) from pgflow.step_tasks where flow_slug = %s and status = 'completed'",
+@dataclass
+class _Waiter:
+    """Waits for a scenario's runs, showing progress against the scenario's totals, and fails
+    fast when a worker exits."""
+
+    conn: psycopg.Connection[Any]
+    settings: BenchSettings
+    progress: Progress
+    workers: _Workers
+
+    def runs(
+        self, flow_slug: str, runs: int, label: str, *, total: tuple[int, int], done: int = 0
+    ) -> None:
+        """Wait until `runs` runs of the flow have finished. `total` is (runs, tasks) of the
+        whole scenario, `done` the runs finished before this wait (the chain waits run by run)."""
+        conn, settings = self.conn, self.settings
+        deadline = time.monotonic() + settings.timeout
+        started = time.monotonic()
+        last_report = 0.0
+        while True:
+            row = conn.execute(
+                "select count(*) filter (where status <> 'started'), "
+                "count(*) filter (where status in ('failed', 'cancelled')) "
+                "from pgflow.runs where flow_slug = %s",
                 (flow_slug,),
             ).fetchone()
-            done_tasks = done[0] if done else 0
-            rate = done_tasks / max(now - started, 1e-9)
-            progress(
-                f"{label}: {finished}/{runs} runs, {done_tasks}/{tasks} tasks, "
-                f"{rate:,.0f} tasks/s, {now - started:.1f}s"
-            )
-        if now > deadline:
-            raise BenchError(f"{label}: not finished after {settings.timeout:g}s")
-        time.sleep(0.01 if tasks < 1000 else 0.05)
+            assert row is not None
+            finished, failed = row
+            if failed:
+                raise BenchError(
+                    f"{label}: {failed} run(s) failed; see `pgflow runs list --status failed`"
+                )
+            if finished >= runs:
+                self.progress("")
+                return
+            self.workers.check()
+            now = time.monotonic()
+            if now - last_report >= 0.5:
+                last_report = now
+                tasks_row = conn.execute(
+                    "select count(*) from pgflow.step_tasks"
+                    " where flow_slug = %s and status = 'completed'",
+                    (flow_slug,),
+                ).fetchone()
+                done_tasks = tasks_row[0] if tasks_row else 0
+                rate = done_tasks / max(now - started, 1e-9)
+                self.progress(
+                    f"{label}: {max(finished, done)}/{total[0]} runs, {done_tasks}/{total[1]} "
+                    f"tasks, {rate:,.0f} tasks/s, {now - started:.1f}s"
+                )
+            if now > deadline:
+                raise BenchError(f"{label}: not finished after {settings.timeout:g}s")
+            time.sleep(0.01 if total[1] < 1000 else 0.05)
 
 
 def _task_latencies_ms(conn: psycopg.Connection[Any], run_id: Any, step_slug: str) -> list[float]:
@@ -333,8 +348,7 @@ def _bench_root_map(
     flow_slug: str,
     step_slug: str,
     n: int,
-    settings: BenchSettings,
-    progress: Progress,
+    wait: _Waiter,
 ) -> BenchResult:
     """One run of a root map over `n` tasks whose handlers return their item (map, cpu, io)."""
     items = list(range(n))
@@ -343,7 +357,7 @@ def _bench_root_map(
     ).fetchone()
     assert row is not None
     run_id = row[0]
-    _wait_runs(conn, flow_slug, 1, n, settings, progress, name)
+    wait.runs(flow_slug, 1, name, total=(1, n))
     out = conn.execute(
         "select output, extract(epoch from completed_at - started_at) from pgflow.runs "
         "where run_id = %s",
@@ -356,7 +370,7 @@ def _bench_root_map(
 
 
 def _bench_chain(
-    conn: psycopg.Connection[Any], settings: BenchSettings, progress: Progress
+    conn: psycopg.Connection[Any], settings: BenchSettings, wait: _Waiter
 ) -> BenchResult:
     hops: list[float] = []
     total = 0.0
@@ -364,7 +378,13 @@ def _bench_chain(
         row = conn.execute("select run_id from pgflow.start_flow('bench_chain', '{}')").fetchone()
         assert row is not None
         run_id = row[0]
-        _wait_runs(conn, "bench_chain", i + 1, (i + 1) * CHAIN_LENGTH, settings, progress, "chain")
+        wait.runs(
+            "bench_chain",
+            i + 1,
+            "chain",
+            total=(settings.chain_runs, settings.chain_runs * CHAIN_LENGTH),
+            done=i,
+        )
         out = conn.execute(
             "select output, extract(epoch from completed_at - started_at) from pgflow.runs "
             "where run_id = %s",
@@ -386,7 +406,7 @@ def _bench_chain(
 
 
 def _bench_diamond(
-    conn: psycopg.Connection[Any], settings: BenchSettings, progress: Progress
+    conn: psycopg.Connection[Any], settings: BenchSettings, wait: _Waiter
 ) -> BenchResult:
     n = settings.diamond_runs
     with conn.transaction():
@@ -396,7 +416,7 @@ def _bench_diamond(
             (n,),
         )
     t0 = _db_now(conn)
-    _wait_runs(conn, "bench_diamond", n, n * 4, settings, progress, "diamond")
+    wait.runs("bench_diamond", n, "diamond", total=(n, n * 4))
     rows = conn.execute(
         "select input, output, extract(epoch from completed_at - %s) * 1000 from pgflow.runs "
         "where flow_slug = 'bench_diamond'",
@@ -411,7 +431,7 @@ def _bench_diamond(
 
 
 def _bench_fanout(
-    conn: psycopg.Connection[Any], settings: BenchSettings, progress: Progress
+    conn: psycopg.Connection[Any], settings: BenchSettings, wait: _Waiter
 ) -> BenchResult:
     n = settings.fanout_items
     row = conn.execute(
@@ -419,7 +439,7 @@ def _bench_fanout(
     ).fetchone()
     assert row is not None
     run_id = row[0]
-    _wait_runs(conn, "bench_fanout", 1, n + 1, settings, progress, "fanout")
+    wait.runs("bench_fanout", 1, "fanout", total=(1, n + 1))
     out = conn.execute(
         "select (output->'double') = (select jsonb_agg(i * 2 order by i) from generate_series(0, %s - 1) i), "
         "jsonb_array_length(output->'double'), extract(epoch from completed_at - started_at) "
