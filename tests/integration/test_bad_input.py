@@ -141,3 +141,33 @@ def test_slugs_shaped_like_sql_are_refused_and_change_nothing(
         client.start(slug, {})
     assert rows(conn, "select count(*) as n from pgflow.flows") == before
     assert rows(conn, "select to_regclass('pgflow.runs') is not null as runs") == [{"runs": True}]
+
+
+def _deep(levels: int) -> list[Any]:
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(levels):
+        inner.append([])
+        inner = inner[0]
+    return deep
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"text": "before\x00after"}, "U+0000, which PostgreSQL's jsonb cannot store"),
+        (_deep(100_000), "recursion"),
+    ],
+    ids=["nul", "deep"],
+)
+def test_a_run_input_that_cannot_be_stored_is_refused_before_anything_is_written(
+    db_dsn: str, conn: Conn, payload: Any, reason: str
+) -> None:
+    with Client(db_dsn) as client:
+        client.start(flows.echo, {"warm": "up"})  # the flow exists; one run
+        with pytest.raises(ConfigError) as caught:
+            client.start(flows.echo, payload)
+    message = str(caught.value)
+    assert message.startswith("the run input cannot be turned into JSON")
+    assert reason in message
+    assert rows(conn, "select count(*) as n from pgflow.runs") == [{"n": 1}]
