@@ -192,6 +192,112 @@ def test_events_reach_every_sink_even_when_one_fails(caplog: pytest.LogCaptureFi
     )
 
 
+def test_event_sinks_are_called_in_pluggy_order_tryfirst_and_trylast() -> None:
+    order: list[str] = []
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def pgflow_event(self, event: Mapping[str, Any]) -> None:
+            order.append("first")
+
+    class Plain:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        @hookimpl
+        def pgflow_event(self, event: Mapping[str, Any]) -> None:
+            order.append(self.name)
+
+    class Last:
+        @hookimpl(trylast=True)
+        def pgflow_event(self, event: Mapping[str, Any]) -> None:
+            order.append("last")
+
+    manager = plugins.get_plugin_manager()
+    # registered in the order pluggy would call them last to first, to show the markers win
+    manager.register(Last(), name="last")
+    manager.register(Plain("older"), name="older")
+    manager.register(First(), name="first")
+    manager.register(Plain("newer"), name="newer")
+    plugins.fire_event({"event_type": "run:started"})
+    # pluggy calls the newest plain implementation first
+    assert order == ["first", "newer", "older", "last"]
+
+
+def test_a_wrapper_around_event_sinks_sees_the_call_and_the_result() -> None:
+    seen: list[tuple[str, Any]] = []
+
+    class Sink:
+        @hookimpl
+        def pgflow_event(self, event: Mapping[str, Any]) -> str:
+            seen.append(("sink", event["event_type"]))
+            return "delivered"
+
+    class Broken:
+        @hookimpl
+        def pgflow_event(self, event: Mapping[str, Any]) -> None:
+            raise RuntimeError("sink is down")
+
+    class Timing:
+        @hookimpl(wrapper=True)
+        def pgflow_event(self, event: Mapping[str, Any]) -> Iterator[None]:
+            seen.append(("before", event["event_type"]))
+            result = yield
+            seen.append(("after", result))
+            return result
+
+    manager = plugins.get_plugin_manager()
+    manager.register(Sink(), name="sink")
+    manager.register(Broken(), name="broken")
+    manager.register(Timing(), name="timing")
+    plugins.fire_event({"event_type": "step:completed"})
+    # the broken sink (called first: newest) neither hides the sink nor reaches the wrapper
+    assert seen == [
+        ("before", "step:completed"),
+        ("sink", "step:completed"),
+        ("after", ["delivered"]),
+    ]
+
+
+def test_a_raising_wrapper_is_logged_and_does_not_reach_the_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BadWrapper:
+        @hookimpl(wrapper=True)
+        def pgflow_event(self, event: Mapping[str, Any]) -> Iterator[None]:
+            raise RuntimeError("wrapper is broken")
+            yield  # a generator, as wrappers are
+
+    plugins.get_plugin_manager().register(BadWrapper(), name="bad-wrapper")
+    with caplog.at_level(logging.ERROR, logger="pgflow.plugins"):
+        plugins.fire_event({"event_type": "run:started"})
+    assert any("a hook wrapper failed in pgflow_event" in r.getMessage() for r in caplog.records)
+
+
+def test_registration_hooks_go_through_the_hook_caller() -> None:
+    calls: list[str] = []
+
+    class Watch:
+        @hookimpl(wrapper=True)
+        def pgflow_register_executors(self, register: RegisterExecutor) -> Iterator[None]:
+            calls.append("wrapper")
+            return (yield)
+
+    manager = plugins.get_plugin_manager()
+    manager.register(Watch(), name="watch")
+    manager.register(ExecutorPlugin(), name="tiny-plugin")
+    monitored: list[str] = []
+    undo = manager.add_hookcall_monitoring(
+        lambda name, impls, kwargs: monitored.append(name), lambda *_: None
+    )
+    try:
+        assert "tiny" in plugins.available_executors()
+    finally:
+        undo()
+    assert calls == ["wrapper"]
+    assert monitored == ["pgflow_register_executors"]
+
+
 # -- pgflow_worker_started / pgflow_worker_stopped -------------------------------------------------
 
 
@@ -218,9 +324,9 @@ def test_worker_lifecycle_hooks() -> None:
     manager.register(IdOnly(), name="id-only")
     plugins.fire_worker_started("w-1", [Flow("first_flow"), Flow("second_flow")])
     plugins.fire_worker_stopped("w-1")
-    assert calls == [
-        ("started", ("w-1", ["first_flow", "second_flow"])),
+    assert calls == [  # pluggy calls the newest plugin first
         ("id only", "w-1"),
+        ("started", ("w-1", ["first_flow", "second_flow"])),
         ("stopped", "w-1"),
     ]
 

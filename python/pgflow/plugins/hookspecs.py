@@ -18,7 +18,7 @@ even when one of them raises; the failure is logged.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import pluggy
 
@@ -50,6 +50,9 @@ class Serializer(Protocol):
 
     def decode(self, data: bytes | str) -> Any: ...
 
+
+#: Hooks that receive a `register` callback; every other hook is a notification.
+REGISTRATION_HOOKS: Final = frozenset({"pgflow_register_executors", "pgflow_register_serializers"})
 
 RegisterExecutor = Callable[[str, ExecutorFactory], None]
 """`register(name, factory)`: the factory is called with keyword arguments `concurrency`,

@@ -9,12 +9,13 @@ on next use (tests, or after changing the variable).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import pluggy
@@ -68,7 +69,7 @@ def _entry_points() -> Sequence[importlib.metadata.EntryPoint]:
 
 
 def _build_manager() -> pluggy.PluginManager:
-    manager = pluggy.PluginManager("pgflow")
+    manager = _PluginManager("pgflow")
     manager.add_hookspecs(hookspecs)
     disabled = _disabled_names()
     for name in disabled:
@@ -126,51 +127,117 @@ def _register(manager: pluggy.PluginManager, plugin: object, name: str, where: s
 
 
 # -- calling hooks --------------------------------------------------------------------------------
+#
+# Every hook is called through pluggy's hook caller (`manager.hook.<name>(...)`), so pluggy's
+# order (LIFO, `tryfirst`/`trylast`), wrappers and tracing apply. What pgflow adds is done to each
+# implementation once, when its plugin is registered (`_PluginManager.register`):
+#
+# - notification hooks: an implementation that raises is logged with its plugin's name and
+#   returns None, so the others still run and the worker never sees the exception;
+# - registration hooks: the `register` callback an implementation receives knows which plugin it
+#   is, so a name registered twice is reported naming both plugins.
+#
+# Wrappers (`wrapper=True`, `hookwrapper=True`) are left as they are: they see the call and its
+# result. One that raises fails that one call, which `_notify` logs.
 
 
-def _implementations(hook_name: str) -> Iterator[pluggy.HookImpl]:
+class _PluginManager(pluggy.PluginManager):
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        plugin_name = super().register(plugin, name)
+        if plugin_name is not None:
+            for caller in self.get_hookcallers(plugin) or ():
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                        _adapt(caller.name, impl)
+        return plugin_name
+
+
+def _adapt(hook_name: str, impl: pluggy.HookImpl) -> None:
+    function = impl.function
+    plugin_name = impl.plugin_name
+    adapted: Callable[..., object]
+    if hook_name in hookspecs.REGISTRATION_HOOKS:
+        if "register" not in impl.argnames:
+            return  # takes no callback, registers nothing
+        position = impl.argnames.index("register")
+
+        @functools.wraps(function)
+        def adapted(*args: object) -> object:
+            registry = args[position]
+            if isinstance(registry, _Registry):
+                args = (*args[:position], registry.on_behalf_of(plugin_name), *args[position + 1 :])
+            return function(*args)
+
+    else:
+
+        @functools.wraps(function)
+        def adapted(*args: object) -> object:
+            try:
+                return function(*args)
+            except Exception:
+                # One broken plugin must not stop the others, nor the worker that notifies them.
+                logger.exception("plugin %r failed in %s", plugin_name, hook_name)
+                return None
+
+    # HookImpl declares `function` Final for its users; pluggy itself reads it at each call, and
+    # replacing it here is what keeps the call going through the hook caller.
+    object.__setattr__(impl, "function", adapted)
+
+
+def _hook(hook_name: str) -> pluggy.HookCaller:
     caller: pluggy.HookCaller = getattr(get_plugin_manager().hook, hook_name)
-    # Registration order: builtins first, so their names come first in listings.
-    for impl in caller.get_hookimpls():
-        if not (impl.hookwrapper or impl.wrapper):
-            yield impl
+    return caller
 
 
-def _call(impl: pluggy.HookImpl, kwargs: Mapping[str, Any]) -> None:
-    # pluggy lets an implementation accept a subset of the spec's arguments, by name.
-    impl.function(*(kwargs[name] for name in impl.argnames))
+def _implemented(caller: pluggy.HookCaller) -> bool:
+    """Whether a plugin implements the hook (wrappers alone do nothing worth calling)."""
+    return any(not (impl.wrapper or impl.hookwrapper) for impl in caller.get_hookimpls())
+
+
+def _notify(caller: pluggy.HookCaller, **kwargs: Any) -> None:
+    try:
+        caller(**kwargs)
+    except Exception:
+        # only a wrapper can get here: implementations are guarded one by one
+        logger.exception("a hook wrapper failed in %s", caller.name)
+
+
+class _Registry:
+    """The `register(name, thing)` callback of a registration hook, for one call of the hook.
+
+    Each implementation gets `on_behalf_of(its plugin)`, so every registration knows its plugin.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.found: dict[str, tuple[Any, str]] = {}
+
+    def on_behalf_of(self, plugin_name: str) -> Callable[[str, Any], None]:
+        return functools.partial(self._add, plugin_name)
+
+    def __call__(self, name: str, thing: Any) -> None:
+        # a wrapper registering for itself: it has no implementation of its own to name
+        self._add("(a hook wrapper)", name, thing)
+
+    def _add(self, plugin_name: str, name: str, thing: Any) -> None:
+        if not isinstance(name, str) or not name.strip():
+            raise PluginError(
+                f"plugin {plugin_name!r} registered {self.what} under the name {name!r}; names "
+                "must be non-empty strings"
+            )
+        if name in self.found:
+            raise PluginError(
+                f"{self.what} {name!r} is registered by two plugins, {self.found[name][1]!r} and "
+                f"{plugin_name!r}; uninstall one of them or set {DISABLE_ENV} to disable it"
+            )
+        self.found[name] = (thing, plugin_name)
 
 
 def _collect(hook_name: str, what: str) -> dict[str, Any]:
-    """Call a `register(name, thing)` hook plugin by plugin, so duplicates name both sides."""
-    found: dict[str, tuple[Any, str]] = {}
-    for impl in _implementations(hook_name):
-        plugin_name = impl.plugin_name
-
-        def register(name: str, thing: Any, plugin_name: str = plugin_name) -> None:
-            if not isinstance(name, str) or not name.strip():
-                raise PluginError(
-                    f"plugin {plugin_name!r} registered {what} under the name {name!r}; names "
-                    "must be non-empty strings"
-                )
-            if name in found:
-                raise PluginError(
-                    f"{what} {name!r} is registered by two plugins, {found[name][1]!r} and "
-                    f"{plugin_name!r}; uninstall one of them or set {DISABLE_ENV} to disable it"
-                )
-            found[name] = (thing, plugin_name)
-
-        _call(impl, {"register": register})
-    return {name: thing for name, (thing, _) in found.items()}
-
-
-def _fire(hook_name: str, kwargs: Mapping[str, Any]) -> None:
-    for impl in _implementations(hook_name):
-        try:
-            _call(impl, kwargs)
-        except Exception:
-            # One broken plugin must not stop the others, nor the worker that notifies them.
-            logger.exception("plugin %r failed in %s", impl.plugin_name, hook_name)
+    """Call a `register(name, thing)` hook; what was registered, by name."""
+    registry = _Registry(what)
+    _hook(hook_name)(register=registry)
+    return {name: thing for name, (thing, _) in registry.found.items()}
 
 
 # -- what plugins provide -------------------------------------------------------------------------
@@ -220,17 +287,17 @@ def executor_factory(name: str) -> ExecutorFactory:
 
 def has_event_sinks() -> bool:
     """Whether any plugin receives events (when none does, events need not be delivered)."""
-    return any(True for _ in _implementations("pgflow_event"))
+    return _implemented(_hook("pgflow_event"))
 
 
 def fire_event(event: Mapping[str, Any]) -> None:
     """Hand one event to every sink; a failing sink is logged and skipped."""
-    _fire("pgflow_event", {"event": event})
+    _notify(_hook("pgflow_event"), event=event)
 
 
 def fire_worker_started(worker_id: str, flows: Sequence[Flow]) -> None:
-    _fire("pgflow_worker_started", {"worker_id": worker_id, "flows": flows})
+    _notify(_hook("pgflow_worker_started"), worker_id=worker_id, flows=flows)
 
 
 def fire_worker_stopped(worker_id: str) -> None:
-    _fire("pgflow_worker_stopped", {"worker_id": worker_id})
+    _notify(_hook("pgflow_worker_stopped"), worker_id=worker_id)
