@@ -306,28 +306,29 @@ def test_worker_lifecycle_hooks() -> None:
 
     class Watcher:
         @hookimpl
-        def pgflow_worker_started(self, worker_id: str, flows: Sequence[Flow]) -> None:
-            calls.append(("started", (worker_id, [flow.slug for flow in flows])))
+        def pgflow_worker_started(self, workers: Mapping[str, str], flows: Sequence[Flow]) -> None:
+            calls.append(("started", (dict(workers), [flow.slug for flow in flows])))
 
         @hookimpl
-        def pgflow_worker_stopped(self, worker_id: str) -> None:
-            calls.append(("stopped", worker_id))
+        def pgflow_worker_stopped(self, workers: Mapping[str, str]) -> None:
+            calls.append(("stopped", dict(workers)))
 
-    class IdOnly:
+    class IdsOnly:
         # pluggy lets an implementation take only the arguments it needs.
         @hookimpl
-        def pgflow_worker_started(self, worker_id: str) -> None:
-            calls.append(("id only", worker_id))
+        def pgflow_worker_started(self, workers: Mapping[str, str]) -> None:
+            calls.append(("ids only", sorted(workers.values())))
 
     manager = plugins.get_plugin_manager()
     manager.register(Watcher(), name="watcher")
-    manager.register(IdOnly(), name="id-only")
-    plugins.fire_worker_started("w-1", [Flow("first_flow"), Flow("second_flow")])
-    plugins.fire_worker_stopped("w-1")
+    manager.register(IdsOnly(), name="ids-only")
+    workers = {"first_flow": "w-1", "second_flow": "w-2"}
+    plugins.fire_worker_started(workers, [Flow("first_flow"), Flow("second_flow")])
+    plugins.fire_worker_stopped(workers)
     assert calls == [  # pluggy calls the newest plugin first
-        ("id only", "w-1"),
-        ("started", ("w-1", ["first_flow", "second_flow"])),
-        ("stopped", "w-1"),
+        ("ids only", ["w-1", "w-2"]),
+        ("started", (workers, ["first_flow", "second_flow"])),
+        ("stopped", workers),
     ]
 
 

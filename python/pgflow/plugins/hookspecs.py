@@ -92,11 +92,15 @@ def pgflow_event(event: Mapping[str, Any]) -> None:
 
 
 @hookspec
-def pgflow_worker_started(worker_id: str, flows: Sequence[Flow]) -> None:
-    """A worker registered itself (`worker_id` is its UUID in text form) and is about to
-    claim tasks of `flows`."""
+def pgflow_worker_started(workers: Mapping[str, str], flows: Sequence[Flow]) -> None:
+    """A worker process registered itself and is about to claim tasks of `flows`.
+
+    Called once per worker process. `workers` maps each flow's slug to the worker id (a UUID in
+    text form) the process registered for it: the database knows a worker per flow.
+    """
 
 
 @hookspec
-def pgflow_worker_stopped(worker_id: str) -> None:
-    """A worker stopped claiming tasks and finished (or gave back) the ones it had."""
+def pgflow_worker_stopped(workers: Mapping[str, str]) -> None:
+    """A worker process stopped claiming tasks and finished (or gave back) the ones it had;
+    `workers` as in `pgflow_worker_started`. Called once per worker process."""

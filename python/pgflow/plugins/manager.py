@@ -295,9 +295,10 @@ def fire_event(event: Mapping[str, Any]) -> None:
     _notify(_hook("pgflow_event"), event=event)
 
 
-def fire_worker_started(worker_id: str, flows: Sequence[Flow]) -> None:
-    _notify(_hook("pgflow_worker_started"), worker_id=worker_id, flows=flows)
+def fire_worker_started(workers: Mapping[str, str], flows: Sequence[Flow]) -> None:
+    """`workers`: flow slug -> worker id, of one worker process."""
+    _notify(_hook("pgflow_worker_started"), workers=workers, flows=flows)
 
 
-def fire_worker_stopped(worker_id: str) -> None:
-    _notify(_hook("pgflow_worker_stopped"), worker_id=worker_id)
+def fire_worker_stopped(workers: Mapping[str, str]) -> None:
+    _notify(_hook("pgflow_worker_stopped"), workers=workers)

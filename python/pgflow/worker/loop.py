@@ -256,6 +256,7 @@ class Worker:
             "per-task" if self.options.per_task else "batched",
             redact(self.dsn),
         )
+        fire_worker_started(self._worker_id_texts(), list(self.flows.values()))
         self._started.set()
         try:
             self._loop()
@@ -454,12 +455,14 @@ class Worker:
         for conn in (self._conn, self._input_conn):
             if conn is not None:
                 conn.close()
-        for worker_id in self.worker_ids.values():
-            fire_worker_stopped(str(worker_id))
+        fire_worker_stopped(self._worker_id_texts())
         self._stopped.set()
         logger.info(
             "worker stopped: %d completed, %d failed", self.stats.completed, self.stats.failed
         )
+
+    def _worker_id_texts(self) -> dict[str, str]:
+        return {slug: str(worker_id) for slug, worker_id in self.worker_ids.items()}
 
     # -- database steps ----------------------------------------------------------------------
 
@@ -525,8 +528,6 @@ class Worker:
         name = f"{socket.gethostname()}:{os.getpid()}"
         for slug, worker_id in self.worker_ids.items():
             session.register(self._conn, worker_id, slug, name)
-            if not self._started.is_set():
-                fire_worker_started(str(worker_id), [self.flows[slug]])
 
     def _heartbeat(self) -> None:
         assert self._conn is not None
