@@ -25,6 +25,7 @@ BUILTIN_EXECUTORS = {"thread", "process", "asyncio", "inline"}
 def fresh_plugin_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test builds its own plugin manager, without installed entry points or env."""
     monkeypatch.delenv(plugins.DISABLE_ENV, raising=False)
+    monkeypatch.delenv(plugins.PLUGINS_ENV, raising=False)
     monkeypatch.setattr(plugins.manager, "_entry_points", lambda: ())
     plugins.reset_plugin_manager()
     yield
@@ -415,3 +416,59 @@ def test_two_entry_points_with_one_name_are_refused(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(plugins.manager, "_entry_points", lambda: entry_points)
     with pytest.raises(PluginError, match="two plugins are named 'same'"):
         plugins.get_plugin_manager()
+
+
+# -- PGFLOW_PLUGINS ---------------------------------------------------------------------------------
+
+
+def test_modules_listed_in_pgflow_plugins_are_registered_after_entry_points(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_entry_points(monkeypatch, tiny=("fake_tiny_plugin", fake_plugin_module("fake_tiny_plugin")))
+    listed = types.ModuleType("fake_listed_plugin")
+    sinks: list[str] = []
+
+    @hookimpl
+    def pgflow_event(event: Mapping[str, Any]) -> None:
+        sinks.append(event["event_type"])
+
+    listed.pgflow_event = pgflow_event  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_listed_plugin", listed)
+    monkeypatch.setenv(plugins.PLUGINS_ENV, " fake_listed_plugin ,")
+    plugins.reset_plugin_manager()
+    names = [name for name, _ in plugins.get_plugin_manager().list_name_plugin()]
+    assert names == [*plugins.BUILTIN_PLUGINS, "tiny", "fake_listed_plugin"]
+    plugins.fire_event({"event_type": "run:started"})
+    assert sinks == ["run:started"]
+
+
+def test_a_module_in_pgflow_plugins_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(plugins.PLUGINS_ENV, "no_such_module_for_pgflow_tests")
+    monkeypatch.setenv(plugins.DISABLE_ENV, "no_such_module_for_pgflow_tests")
+    # a blocked name is listed with None for its plugin
+    names = [name for name, plugin in plugins.get_plugin_manager().list_name_plugin() if plugin]
+    assert names == list(plugins.BUILTIN_PLUGINS)
+
+
+# -- task hooks -------------------------------------------------------------------------------------
+
+
+def test_task_hooks_are_none_unless_a_plugin_implements_them() -> None:
+    assert plugins.task_hooks() == plugins.manager.TaskHooks()
+    seen: list[tuple[str, int]] = []
+
+    class Watch:
+        @hookimpl
+        def pgflow_task_started(self, step_slug: str, attempt: int) -> None:
+            seen.append((step_slug, attempt))
+
+        @hookimpl(wrapper=True)
+        def pgflow_task_claimed(self) -> Iterator[None]:
+            return (yield)  # a wrapper alone implements nothing worth calling
+
+    plugins.get_plugin_manager().register(Watch(), name="watch")
+    hooks = plugins.task_hooks()
+    assert hooks.claimed is None and hooks.finished is None and hooks.failed is None
+    assert hooks.started is not None
+    hooks.started(flow_slug="f", run_id="r", step_slug="s", task_index=0, attempt=2, worker_id="w")
+    assert seen == [("s", 2)]

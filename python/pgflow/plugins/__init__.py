@@ -9,6 +9,7 @@ from pgflow.plugins.manager import (
     BUILTIN_PLUGINS,
     DISABLE_ENV,
     ENTRY_POINT_GROUP,
+    PLUGINS_ENV,
     available_executors,
     available_serializers,
     create_executor,
@@ -18,12 +19,14 @@ from pgflow.plugins.manager import (
     get_plugin_manager,
     has_event_sinks,
     reset_plugin_manager,
+    task_hooks,
 )
 
 __all__ = [
     "BUILTIN_PLUGINS",
     "DISABLE_ENV",
     "ENTRY_POINT_GROUP",
+    "PLUGINS_ENV",
     "PluginError",
     "available_executors",
     "available_serializers",
@@ -34,4 +37,5 @@ __all__ = [
     "get_plugin_manager",
     "has_event_sinks",
     "reset_plugin_manager",
+    "task_hooks",
 ]

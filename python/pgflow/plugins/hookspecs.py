@@ -104,3 +104,56 @@ def pgflow_worker_started(workers: Mapping[str, str], flows: Sequence[Flow]) -> 
 def pgflow_worker_stopped(workers: Mapping[str, str]) -> None:
     """A worker process stopped claiming tasks and finished (or gave back) the ones it had;
     `workers` as in `pgflow_worker_started`. Called once per worker process."""
+
+
+# -- tasks, in the worker that runs them --------------------------------------------------------
+#
+# Called on the worker's loop thread, between claims: an implementation should return at once
+# (queue what needs time). A worker calls none of them when no plugin implements them.
+
+
+@hookspec
+def pgflow_task_claimed(
+    flow_slug: str, run_id: str, step_slug: str, task_index: int, attempt: int, worker_id: str
+) -> None:
+    """The worker claimed this attempt of a task (`attempt` is 1 for the first). It may wait
+    in the worker for a free slot before it starts."""
+
+
+@hookspec
+def pgflow_task_started(
+    flow_slug: str, run_id: str, step_slug: str, task_index: int, attempt: int, worker_id: str
+) -> None:
+    """The task's handler was handed to the executor."""
+
+
+@hookspec
+def pgflow_task_finished(
+    flow_slug: str,
+    run_id: str,
+    step_slug: str,
+    task_index: int,
+    attempt: int,
+    worker_id: str,
+    duration_seconds: float,
+) -> None:
+    """The handler returned, `duration_seconds` after it started. Its output is reported next
+    (events carry step outputs); one that has no JSON form still fails the task then."""
+
+
+@hookspec
+def pgflow_task_failed(
+    flow_slug: str,
+    run_id: str,
+    step_slug: str,
+    task_index: int,
+    attempt: int,
+    worker_id: str,
+    duration_seconds: float,
+    error: str,
+    will_retry: bool,
+) -> None:
+    """The attempt failed: `error` is "Type: message" as stored in the database. `will_retry`
+    is whether the task has attempts left and the failure allows them (`pgflow.Fail`, or an
+    input that does not fit, fail it at once). `duration_seconds` is 0 when the handler never
+    ran."""

@@ -1,9 +1,10 @@
 """The plugin manager: which plugins are active, and what they provide.
 
 Plugins are registered in this order: the builtin plugins (`BUILTIN_PLUGINS`), then every entry
-point in group `pgflow` of the installed distributions. The environment variable
+point in group `pgflow` of the installed distributions, then the modules named by
+`PGFLOW_PLUGINS` ("module,module", each registered under its module name). The environment variable
 `PGFLOW_DISABLE_PLUGINS` ("name,name") keeps the named plugins out: entry point names, or module
-names for builtins. The manager is built once per process; `reset_plugin_manager()` rebuilds it
+names for builtins and `PGFLOW_PLUGINS`. The manager is built once per process; `reset_plugin_manager()` rebuilds it
 on next use (tests, or after changing the variable).
 """
 
@@ -16,6 +17,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import pluggy
@@ -35,6 +37,9 @@ logger = logging.getLogger("pgflow.plugins")
 BUILTIN_PLUGINS: Final[tuple[str, ...]] = ("pgflow.plugins.builtin",)
 ENTRY_POINT_GROUP: Final = "pgflow"
 DISABLE_ENV: Final = "PGFLOW_DISABLE_PLUGINS"
+#: Modules to register as plugins after the entry points ("module,module"): plugins that are not
+#: installed as a distribution (a project's own, tests, benchmarks).
+PLUGINS_ENV: Final = "PGFLOW_PLUGINS"
 
 
 _manager: pluggy.PluginManager | None = None
@@ -68,20 +73,47 @@ def _entry_points() -> Sequence[importlib.metadata.EntryPoint]:
     return tuple(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
 
 
+def _listed_modules() -> list[str]:
+    return [name.strip() for name in os.environ.get(PLUGINS_ENV, "").split(",") if name.strip()]
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A plugin to register: its name, where it comes from (for people), how to load it."""
+
+    name: str
+    origin: str
+    load: Callable[[], object]
+
+
+def _candidates() -> list[_Candidate]:
+    """Every plugin in the order of registration: builtins, entry points, then PGFLOW_PLUGINS."""
+    found = [
+        _Candidate(name, "builtin", functools.partial(importlib.import_module, name))
+        for name in BUILTIN_PLUGINS
+    ]
+    found += [_Candidate(ep.name, _describe_entry_point(ep), ep.load) for ep in _entry_points()]
+    found += [
+        _Candidate(
+            name,
+            f"module {name} (from {PLUGINS_ENV})",
+            functools.partial(importlib.import_module, name),
+        )
+        for name in _listed_modules()
+    ]
+    return found
+
+
 def _build_manager() -> pluggy.PluginManager:
     manager = _PluginManager("pgflow")
     manager.add_hookspecs(hookspecs)
     disabled = _disabled_names()
     for name in disabled:
         manager.set_blocked(name)
-    for module_name in BUILTIN_PLUGINS:
-        if not manager.is_blocked(module_name):
-            _register(manager, importlib.import_module(module_name), module_name, module_name)
-    known = set(BUILTIN_PLUGINS)
-    for entry_point in _entry_points():
-        name = entry_point.name
+    known: set[str] = set()
+    for candidate in _candidates():
+        name, where = candidate.name, candidate.origin
         known.add(name)
-        where = _describe_entry_point(entry_point)
         if manager.is_blocked(name):
             continue
         if manager.has_plugin(name):
@@ -89,7 +121,7 @@ def _build_manager() -> pluggy.PluginManager:
                 f"two plugins are named {name!r} (the second is {where}); uninstall one of them"
             )
         try:
-            plugin = entry_point.load()
+            plugin = candidate.load()
         except Exception as exc:
             raise PluginError(
                 f"plugin {name!r} ({where}) failed to load: {type(exc).__name__}: {exc}; "
@@ -109,7 +141,7 @@ def _build_manager() -> pluggy.PluginManager:
 
 def _describe_entry_point(entry_point: importlib.metadata.EntryPoint) -> str:
     dist = entry_point.dist
-    origin = f" from distribution {dist.name!r}" if dist is not None else ""
+    origin = f" from distribution {dist.name} {dist.version}" if dist is not None else ""
     return f"entry point {entry_point.name} = {entry_point.value}{origin}"
 
 
@@ -293,6 +325,35 @@ def has_event_sinks() -> bool:
 def fire_event(event: Mapping[str, Any]) -> None:
     """Hand one event to every sink; a failing sink is logged and skipped."""
     _notify(_hook("pgflow_event"), event=event)
+
+
+TaskHook = Callable[..., None]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHooks:
+    """The task hooks a worker calls (keyword arguments as in their specs); None for a hook no
+    plugin implements, so the worker skips it without building its arguments."""
+
+    claimed: TaskHook | None = None
+    started: TaskHook | None = None
+    finished: TaskHook | None = None
+    failed: TaskHook | None = None
+
+
+def task_hooks() -> TaskHooks:
+    """The task hooks of the plugins active now (a worker asks once, when it starts)."""
+
+    def bound(hook_name: str) -> TaskHook | None:
+        caller = _hook(hook_name)
+        return functools.partial(_notify, caller) if _implemented(caller) else None
+
+    return TaskHooks(
+        claimed=bound("pgflow_task_claimed"),
+        started=bound("pgflow_task_started"),
+        finished=bound("pgflow_task_finished"),
+        failed=bound("pgflow_task_failed"),
+    )
 
 
 def fire_worker_started(workers: Mapping[str, str], flows: Sequence[Flow]) -> None:
