@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import re
 import sys
 import types
 from collections.abc import Iterator, Mapping, Sequence
@@ -381,15 +382,32 @@ def test_disabling_an_unknown_plugin_warns(
     assert set(plugins.available_executors()) == BUILTIN_EXECUTORS
 
 
-def test_entry_point_that_fails_to_import_says_how_to_disable_it(
-    monkeypatch: pytest.MonkeyPatch,
+def failure_of(name: str) -> str:
+    failure = plugins.get_plugin_manager().failures[name]
+    assert failure.name == name
+    return failure.error
+
+
+def test_entry_point_that_fails_to_import_is_recorded_and_the_others_load(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    use_entry_points(monkeypatch, broken=("no_such_module_for_pgflow_tests:plugin", None))
-    with pytest.raises(PluginError) as caught:
-        plugins.get_plugin_manager()
-    message = str(caught.value)
+    use_entry_points(
+        monkeypatch,
+        broken=("no_such_module_for_pgflow_tests:plugin", None),
+        tiny=("fake_tiny_plugin", fake_plugin_module("fake_tiny_plugin")),
+    )
+    with caplog.at_level(logging.WARNING, logger="pgflow.plugins"):
+        assert "tiny" in plugins.available_executors()
+        plugins.available_executors()  # the manager is built once: one warning
+    message = failure_of("broken")
     assert "plugin 'broken'" in message and "no_such_module_for_pgflow_tests" in message
     assert "PGFLOW_DISABLE_PLUGINS=broken" in message
+    assert [r.getMessage() for r in caplog.records] == [message]
+    # an executor nobody provides names what failed to load
+    with pytest.raises(PluginError) as caught:
+        plugins.create_executor("trio", concurrency=1, resolve_step=resolve_nothing)
+    assert "unknown executor 'trio'" in str(caught.value)
+    assert message in str(caught.value)
 
 
 def test_misspelled_hook_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -401,8 +419,8 @@ def test_misspelled_hook_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
 
     module.pgflow_register_executor = pgflow_register_executor  # type: ignore[attr-defined]
     use_entry_points(monkeypatch, typo=("fake_typo_plugin", module))
-    with pytest.raises(PluginError, match=r"plugin 'typo' .* does not fit pgflow's hooks"):
-        plugins.get_plugin_manager()
+    assert re.search(r"plugin 'typo' .* does not fit pgflow's hooks", failure_of("typo"))
+    assert not plugins.get_plugin_manager().has_plugin("typo")
 
 
 def test_two_entry_points_with_one_name_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -414,8 +432,22 @@ def test_two_entry_points_with_one_name_are_refused(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "fake_first", first)
     monkeypatch.setitem(sys.modules, "fake_second", second)
     monkeypatch.setattr(plugins.manager, "_entry_points", lambda: entry_points)
-    with pytest.raises(PluginError, match="two plugins are named 'same'"):
-        plugins.get_plugin_manager()
+    assert "two plugins are named 'same'" in failure_of("same")
+    # the first keeps working
+    assert plugins.get_plugin_manager().get_plugin("same") is first
+
+
+def test_describe_plugins_lists_names_registered_twice_under_both_plugins() -> None:
+    class Impostor:
+        @hookimpl
+        def pgflow_register_executors(self, register: RegisterExecutor) -> None:
+            register("thread", TinyExecutor)
+
+    plugins.get_plugin_manager().register(Impostor(), name="impostor")
+    found = {info.name: info for info in plugins.describe_plugins()}
+    assert found["impostor"].executors == ("thread",)
+    assert found["impostor"].origin == "registered by the program"
+    assert "thread" in found["pgflow.plugins.builtin"].executors
 
 
 # -- PGFLOW_PLUGINS ---------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The hooks pgflow plugins implement (pluggy, project name "pgflow").
 
 A plugin is a module or object with functions named after these specs and decorated with
-`hookimpl`; it is found through the `pgflow` entry point group (see docs/plugins.md):
+`hookimpl`; it is found through the `pgflow` entry point group or `PGFLOW_PLUGINS` (see
+docs/plugins.md):
 
     from pgflow.hooks import hookimpl
 
@@ -10,9 +11,10 @@ A plugin is a module or object with functions named after these specs and decora
         register("trio", TrioExecutor)
 
 Registration hooks receive a `register` callback rather than returning values, so one plugin can
-register several things and every registration is checked where it happens. Notification hooks
-(`pgflow_event`, `pgflow_worker_started`, `pgflow_worker_stopped`) are called for every plugin
-even when one of them raises; the failure is logged.
+register several things and every registration is checked where it happens. Every other hook
+is a notification (events, workers, tasks): called for every plugin even when one of them
+raises; the failure is logged. All are called through pluggy's hook caller, in pluggy's order,
+wrappers included.
 """
 
 from __future__ import annotations

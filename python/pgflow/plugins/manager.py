@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pluggy
 
-from pgflow.errors import PluginError
+from pgflow.errors import PluginError, one_line
 from pgflow.executors.base import Executor, ExecutorFactory, FlowInputLoader, StepResolver
 from pgflow.plugins import hookspecs
 from pgflow.plugins.hookspecs import Serializer
@@ -42,11 +42,11 @@ DISABLE_ENV: Final = "PGFLOW_DISABLE_PLUGINS"
 PLUGINS_ENV: Final = "PGFLOW_PLUGINS"
 
 
-_manager: pluggy.PluginManager | None = None
+_manager: PgflowPluginManager | None = None
 _manager_lock = threading.Lock()
 
 
-def get_plugin_manager() -> pluggy.PluginManager:
+def get_plugin_manager() -> PgflowPluginManager:
     """The process-wide plugin manager, built on first use."""
     global _manager
     manager = _manager
@@ -96,7 +96,7 @@ def _candidates() -> list[_Candidate]:
     found += [
         _Candidate(
             name,
-            f"module {name} (from {PLUGINS_ENV})",
+            f"module listed in {PLUGINS_ENV}",
             functools.partial(importlib.import_module, name),
         )
         for name in _listed_modules()
@@ -104,8 +104,8 @@ def _candidates() -> list[_Candidate]:
     return found
 
 
-def _build_manager() -> pluggy.PluginManager:
-    manager = _PluginManager("pgflow")
+def _build_manager() -> PgflowPluginManager:
+    manager = PgflowPluginManager("pgflow")
     manager.add_hookspecs(hookspecs)
     disabled = _disabled_names()
     for name in disabled:
@@ -115,19 +115,15 @@ def _build_manager() -> pluggy.PluginManager:
         name, where = candidate.name, candidate.origin
         known.add(name)
         if manager.is_blocked(name):
+            manager.origins.setdefault(name, where)
             continue
-        if manager.has_plugin(name):
-            raise PluginError(
-                f"two plugins are named {name!r} (the second is {where}); uninstall one of them"
-            )
         try:
-            plugin = candidate.load()
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {name!r} ({where}) failed to load: {type(exc).__name__}: {exc}; "
-                f"fix or uninstall it, or set {DISABLE_ENV}={name} to run without it"
-            ) from exc
-        _register(manager, plugin, name, where)
+            _load(manager, candidate)
+        except PluginError as exc:
+            # One broken plugin must not take the others down: it is listed (`pgflow plugins`)
+            # and named when what it would have provided is asked for.
+            manager.failures[name] = PluginFailure(name, where, str(exc))
+            logger.warning("%s", exc)
     unknown = disabled - known
     if unknown:
         logger.warning(
@@ -145,24 +141,39 @@ def _describe_entry_point(entry_point: importlib.metadata.EntryPoint) -> str:
     return f"entry point {entry_point.name} = {entry_point.value}{origin}"
 
 
-def _register(manager: pluggy.PluginManager, plugin: object, name: str, where: str) -> None:
+def _load(manager: PgflowPluginManager, candidate: _Candidate) -> None:
+    name, where = candidate.name, candidate.origin
+    how_to_skip = f"set {DISABLE_ENV}={name} to run without it"
+    if manager.has_plugin(name) or name in manager.failures:
+        raise PluginError(
+            f"two plugins are named {name!r} (the second is {where}); uninstall one of them"
+        )
+    try:
+        plugin = candidate.load()
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {name!r} ({where}) failed to load: {type(exc).__name__}: {exc}; "
+            f"fix or uninstall it, or {how_to_skip}"
+        ) from exc
     try:
         manager.register(plugin, name=name)
         # Hook implementations named like no spec are typos (or from a newer pgflow).
         manager.check_pending()
-    except pluggy.PluginValidationError as exc:
-        manager.unregister(name=name)
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        if manager.has_plugin(name):
+            manager.unregister(name=name)
         raise PluginError(
-            f"plugin {name!r} ({where}) does not fit pgflow's hooks: {exc}; see docs/plugins.md "
-            f"for the hook names and signatures, or set {DISABLE_ENV}={name}"
+            f"plugin {name!r} ({where}) does not fit pgflow's hooks: {one_line(exc)}; see "
+            f"docs/plugins.md for the hook names and signatures, or {how_to_skip}"
         ) from exc
+    manager.origins[name] = where
 
 
 # -- calling hooks --------------------------------------------------------------------------------
 #
 # Every hook is called through pluggy's hook caller (`manager.hook.<name>(...)`), so pluggy's
 # order (LIFO, `tryfirst`/`trylast`), wrappers and tracing apply. What pgflow adds is done to each
-# implementation once, when its plugin is registered (`_PluginManager.register`):
+# implementation once, when its plugin is registered (`PgflowPluginManager.register`):
 #
 # - notification hooks: an implementation that raises is logged with its plugin's name and
 #   returns None, so the others still run and the worker never sees the exception;
@@ -173,7 +184,25 @@ def _register(manager: pluggy.PluginManager, plugin: object, name: str, where: s
 # result. One that raises fails that one call, which `_notify` logs.
 
 
-class _PluginManager(pluggy.PluginManager):
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be registered, and why (one line)."""
+
+    name: str
+    origin: str
+    error: str
+
+
+class PgflowPluginManager(pluggy.PluginManager):
+    """pluggy's manager, which adapts each implementation as its plugin registers (see above),
+    and remembers where each plugin came from and which failed to load."""
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        # where each plugin pgflow registered came from, for people (`pgflow plugins`)
+        self.origins: dict[str, str] = {}
+        self.failures: dict[str, PluginFailure] = {}
+
     def register(self, plugin: object, name: str | None = None) -> str | None:
         plugin_name = super().register(plugin, name)
         if plugin_name is not None:
@@ -240,9 +269,12 @@ class _Registry:
     Each implementation gets `on_behalf_of(its plugin)`, so every registration knows its plugin.
     """
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, *, strict: bool = True) -> None:
         self.what = what
+        # strict: a bad or duplicate name raises; else it is only recorded (listings)
+        self.strict = strict
         self.found: dict[str, tuple[Any, str]] = {}
+        self.by_plugin: dict[str, list[str]] = {}
 
     def on_behalf_of(self, plugin_name: str) -> Callable[[str, Any], None]:
         return functools.partial(self._add, plugin_name)
@@ -252,6 +284,9 @@ class _Registry:
         self._add("(a hook wrapper)", name, thing)
 
     def _add(self, plugin_name: str, name: str, thing: Any) -> None:
+        self.by_plugin.setdefault(plugin_name, []).append(str(name))
+        if not self.strict:
+            return
         if not isinstance(name, str) or not name.strip():
             raise PluginError(
                 f"plugin {plugin_name!r} registered {self.what} under the name {name!r}; names "
@@ -273,6 +308,52 @@ def _collect(hook_name: str, what: str) -> dict[str, Any]:
 
 
 # -- what plugins provide -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One plugin as `pgflow plugins` lists it."""
+
+    name: str
+    origin: str
+    hooks: tuple[str, ...] = ()
+    executors: tuple[str, ...] = ()
+    serializers: tuple[str, ...] = ()
+    disabled: bool = False
+    error: str | None = None  # why it failed to load
+
+
+def describe_plugins() -> list[PluginInfo]:
+    """Every plugin in registration order (disabled ones too), then those that failed to load.
+
+    Names registered twice are listed under both plugins rather than raised."""
+    manager = get_plugin_manager()
+    executors = _Registry("an executor", strict=False)
+    _hook("pgflow_register_executors")(register=executors)
+    serializers = _Registry("a serializer", strict=False)
+    _hook("pgflow_register_serializers")(register=serializers)
+    found = []
+    for name, plugin in manager.list_name_plugin():
+        origin = manager.origins.get(name, "registered by the program")
+        if plugin is None:
+            found.append(PluginInfo(name, origin, disabled=True))
+            continue
+        found.append(
+            PluginInfo(
+                name,
+                origin,
+                hooks=tuple(
+                    sorted(caller.name for caller in manager.get_hookcallers(plugin) or ())
+                ),
+                executors=tuple(executors.by_plugin.get(name, ())),
+                serializers=tuple(serializers.by_plugin.get(name, ())),
+            )
+        )
+    found += [
+        PluginInfo(failure.name, failure.origin, error=failure.error)
+        for failure in manager.failures.values()
+    ]
+    return found
 
 
 def available_executors() -> dict[str, ExecutorFactory]:
@@ -312,9 +393,19 @@ def executor_factory(name: str) -> ExecutorFactory:
         )
         raise PluginError(
             f"unknown executor {name!r}; known executors: {known}. Plugins can add executors "
-            "(see docs/plugins.md)"
+            f"(see docs/plugins.md){_failures_note()}"
         )
     return factory
+
+
+def _failures_note() -> str:
+    """What failed to load, for an error about something missing that it may have provided."""
+    failures = get_plugin_manager().failures.values()
+    if not failures:
+        return ""
+    return ". Plugins that failed to load (see `pgflow plugins`): " + "; ".join(
+        failure.error for failure in failures
+    )
 
 
 def has_event_sinks() -> bool:

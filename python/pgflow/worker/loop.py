@@ -50,6 +50,7 @@ from pgflow.plugins.events import EventRelay
 from pgflow.plugins.manager import (
     TaskHooks,
     create_executor,
+    executor_factory,
     fire_worker_started,
     fire_worker_stopped,
     get_plugin_manager,
@@ -227,7 +228,8 @@ class Worker:
     # -- main loop ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        get_plugin_manager()  # load plugins early, so errors in them surface at start
+        get_plugin_manager()  # load plugins early: one that fails to load is logged at start
+        executor_factory(self.options.executor)  # an unknown executor fails before any SQL
         self._task_hooks = task_hooks()
         self._conn = self._connect_with_backoff()
         check_schema(self._conn, redact(self.dsn))
