@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import re
 import sys
 import types
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,6 +26,7 @@ BUILTIN_EXECUTORS = {"thread", "process", "asyncio", "inline"}
 def fresh_plugin_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test builds its own plugin manager, without installed entry points or env."""
     monkeypatch.delenv(plugins.DISABLE_ENV, raising=False)
+    monkeypatch.delenv(plugins.PLUGINS_ENV, raising=False)
     monkeypatch.setattr(plugins.manager, "_entry_points", lambda: ())
     plugins.reset_plugin_manager()
     yield
@@ -192,6 +194,112 @@ def test_events_reach_every_sink_even_when_one_fails(caplog: pytest.LogCaptureFi
     )
 
 
+def test_event_sinks_are_called_in_pluggy_order_tryfirst_and_trylast() -> None:
+    order: list[str] = []
+
+    class First:
+        @hookimpl(tryfirst=True)
+        def pgflow_event(self, event: Mapping[str, Any]) -> None:
+            order.append("first")
+
+    class Plain:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        @hookimpl
+        def pgflow_event(self, event: Mapping[str, Any]) -> None:
+            order.append(self.name)
+
+    class Last:
+        @hookimpl(trylast=True)
+        def pgflow_event(self, event: Mapping[str, Any]) -> None:
+            order.append("last")
+
+    manager = plugins.get_plugin_manager()
+    # registered in the order pluggy would call them last to first, to show the markers win
+    manager.register(Last(), name="last")
+    manager.register(Plain("older"), name="older")
+    manager.register(First(), name="first")
+    manager.register(Plain("newer"), name="newer")
+    plugins.fire_event({"event_type": "run:started"})
+    # pluggy calls the newest plain implementation first
+    assert order == ["first", "newer", "older", "last"]
+
+
+def test_a_wrapper_around_event_sinks_sees_the_call_and_the_result() -> None:
+    seen: list[tuple[str, Any]] = []
+
+    class Sink:
+        @hookimpl
+        def pgflow_event(self, event: Mapping[str, Any]) -> str:
+            seen.append(("sink", event["event_type"]))
+            return "delivered"
+
+    class Broken:
+        @hookimpl
+        def pgflow_event(self, event: Mapping[str, Any]) -> None:
+            raise RuntimeError("sink is down")
+
+    class Timing:
+        @hookimpl(wrapper=True)
+        def pgflow_event(self, event: Mapping[str, Any]) -> Iterator[None]:
+            seen.append(("before", event["event_type"]))
+            result = yield
+            seen.append(("after", result))
+            return result
+
+    manager = plugins.get_plugin_manager()
+    manager.register(Sink(), name="sink")
+    manager.register(Broken(), name="broken")
+    manager.register(Timing(), name="timing")
+    plugins.fire_event({"event_type": "step:completed"})
+    # the broken sink (called first: newest) neither hides the sink nor reaches the wrapper
+    assert seen == [
+        ("before", "step:completed"),
+        ("sink", "step:completed"),
+        ("after", ["delivered"]),
+    ]
+
+
+def test_a_raising_wrapper_is_logged_and_does_not_reach_the_caller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class BadWrapper:
+        @hookimpl(wrapper=True)
+        def pgflow_event(self, event: Mapping[str, Any]) -> Iterator[None]:
+            raise RuntimeError("wrapper is broken")
+            yield  # a generator, as wrappers are
+
+    plugins.get_plugin_manager().register(BadWrapper(), name="bad-wrapper")
+    with caplog.at_level(logging.ERROR, logger="pgflow.plugins"):
+        plugins.fire_event({"event_type": "run:started"})
+    assert any("a hook wrapper failed in pgflow_event" in r.getMessage() for r in caplog.records)
+
+
+def test_registration_hooks_go_through_the_hook_caller() -> None:
+    calls: list[str] = []
+
+    class Watch:
+        @hookimpl(wrapper=True)
+        def pgflow_register_executors(self, register: RegisterExecutor) -> Iterator[None]:
+            calls.append("wrapper")
+            return (yield)
+
+    manager = plugins.get_plugin_manager()
+    manager.register(Watch(), name="watch")
+    manager.register(ExecutorPlugin(), name="tiny-plugin")
+    monitored: list[str] = []
+    undo = manager.add_hookcall_monitoring(
+        lambda name, impls, kwargs: monitored.append(name), lambda *_: None
+    )
+    try:
+        assert "tiny" in plugins.available_executors()
+    finally:
+        undo()
+    assert calls == ["wrapper"]
+    assert monitored == ["pgflow_register_executors"]
+
+
 # -- pgflow_worker_started / pgflow_worker_stopped -------------------------------------------------
 
 
@@ -200,28 +308,29 @@ def test_worker_lifecycle_hooks() -> None:
 
     class Watcher:
         @hookimpl
-        def pgflow_worker_started(self, worker_id: str, flows: Sequence[Flow]) -> None:
-            calls.append(("started", (worker_id, [flow.slug for flow in flows])))
+        def pgflow_worker_started(self, workers: Mapping[str, str], flows: Sequence[Flow]) -> None:
+            calls.append(("started", (dict(workers), [flow.slug for flow in flows])))
 
         @hookimpl
-        def pgflow_worker_stopped(self, worker_id: str) -> None:
-            calls.append(("stopped", worker_id))
+        def pgflow_worker_stopped(self, workers: Mapping[str, str]) -> None:
+            calls.append(("stopped", dict(workers)))
 
-    class IdOnly:
+    class IdsOnly:
         # pluggy lets an implementation take only the arguments it needs.
         @hookimpl
-        def pgflow_worker_started(self, worker_id: str) -> None:
-            calls.append(("id only", worker_id))
+        def pgflow_worker_started(self, workers: Mapping[str, str]) -> None:
+            calls.append(("ids only", sorted(workers.values())))
 
     manager = plugins.get_plugin_manager()
     manager.register(Watcher(), name="watcher")
-    manager.register(IdOnly(), name="id-only")
-    plugins.fire_worker_started("w-1", [Flow("first_flow"), Flow("second_flow")])
-    plugins.fire_worker_stopped("w-1")
-    assert calls == [
-        ("started", ("w-1", ["first_flow", "second_flow"])),
-        ("id only", "w-1"),
-        ("stopped", "w-1"),
+    manager.register(IdsOnly(), name="ids-only")
+    workers = {"first_flow": "w-1", "second_flow": "w-2"}
+    plugins.fire_worker_started(workers, [Flow("first_flow"), Flow("second_flow")])
+    plugins.fire_worker_stopped(workers)
+    assert calls == [  # pluggy calls the newest plugin first
+        ("ids only", ["w-1", "w-2"]),
+        ("started", (workers, ["first_flow", "second_flow"])),
+        ("stopped", workers),
     ]
 
 
@@ -273,15 +382,32 @@ def test_disabling_an_unknown_plugin_warns(
     assert set(plugins.available_executors()) == BUILTIN_EXECUTORS
 
 
-def test_entry_point_that_fails_to_import_says_how_to_disable_it(
-    monkeypatch: pytest.MonkeyPatch,
+def failure_of(name: str) -> str:
+    failure = plugins.get_plugin_manager().failures[name]
+    assert failure.name == name
+    return failure.error
+
+
+def test_entry_point_that_fails_to_import_is_recorded_and_the_others_load(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    use_entry_points(monkeypatch, broken=("no_such_module_for_pgflow_tests:plugin", None))
-    with pytest.raises(PluginError) as caught:
-        plugins.get_plugin_manager()
-    message = str(caught.value)
+    use_entry_points(
+        monkeypatch,
+        broken=("no_such_module_for_pgflow_tests:plugin", None),
+        tiny=("fake_tiny_plugin", fake_plugin_module("fake_tiny_plugin")),
+    )
+    with caplog.at_level(logging.WARNING, logger="pgflow.plugins"):
+        assert "tiny" in plugins.available_executors()
+        plugins.available_executors()  # the manager is built once: one warning
+    message = failure_of("broken")
     assert "plugin 'broken'" in message and "no_such_module_for_pgflow_tests" in message
     assert "PGFLOW_DISABLE_PLUGINS=broken" in message
+    assert [r.getMessage() for r in caplog.records] == [message]
+    # an executor nobody provides names what failed to load
+    with pytest.raises(PluginError) as caught:
+        plugins.create_executor("trio", concurrency=1, resolve_step=resolve_nothing)
+    assert "unknown executor 'trio'" in str(caught.value)
+    assert message in str(caught.value)
 
 
 def test_misspelled_hook_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -293,8 +419,8 @@ def test_misspelled_hook_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
 
     module.pgflow_register_executor = pgflow_register_executor  # type: ignore[attr-defined]
     use_entry_points(monkeypatch, typo=("fake_typo_plugin", module))
-    with pytest.raises(PluginError, match=r"plugin 'typo' .* does not fit pgflow's hooks"):
-        plugins.get_plugin_manager()
+    assert re.search(r"plugin 'typo' .* does not fit pgflow's hooks", failure_of("typo"))
+    assert not plugins.get_plugin_manager().has_plugin("typo")
 
 
 def test_two_entry_points_with_one_name_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -306,5 +432,75 @@ def test_two_entry_points_with_one_name_are_refused(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "fake_first", first)
     monkeypatch.setitem(sys.modules, "fake_second", second)
     monkeypatch.setattr(plugins.manager, "_entry_points", lambda: entry_points)
-    with pytest.raises(PluginError, match="two plugins are named 'same'"):
-        plugins.get_plugin_manager()
+    assert "two plugins are named 'same'" in failure_of("same")
+    # the first keeps working
+    assert plugins.get_plugin_manager().get_plugin("same") is first
+
+
+def test_describe_plugins_lists_names_registered_twice_under_both_plugins() -> None:
+    class Impostor:
+        @hookimpl
+        def pgflow_register_executors(self, register: RegisterExecutor) -> None:
+            register("thread", TinyExecutor)
+
+    plugins.get_plugin_manager().register(Impostor(), name="impostor")
+    found = {info.name: info for info in plugins.describe_plugins()}
+    assert found["impostor"].executors == ("thread",)
+    assert found["impostor"].origin == "registered by the program"
+    assert "thread" in found["pgflow.plugins.builtin"].executors
+
+
+# -- PGFLOW_PLUGINS ---------------------------------------------------------------------------------
+
+
+def test_modules_listed_in_pgflow_plugins_are_registered_after_entry_points(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_entry_points(monkeypatch, tiny=("fake_tiny_plugin", fake_plugin_module("fake_tiny_plugin")))
+    listed = types.ModuleType("fake_listed_plugin")
+    sinks: list[str] = []
+
+    @hookimpl
+    def pgflow_event(event: Mapping[str, Any]) -> None:
+        sinks.append(event["event_type"])
+
+    listed.pgflow_event = pgflow_event  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_listed_plugin", listed)
+    monkeypatch.setenv(plugins.PLUGINS_ENV, " fake_listed_plugin ,")
+    plugins.reset_plugin_manager()
+    names = [name for name, _ in plugins.get_plugin_manager().list_name_plugin()]
+    assert names == [*plugins.BUILTIN_PLUGINS, "tiny", "fake_listed_plugin"]
+    plugins.fire_event({"event_type": "run:started"})
+    assert sinks == ["run:started"]
+
+
+def test_a_module_in_pgflow_plugins_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(plugins.PLUGINS_ENV, "no_such_module_for_pgflow_tests")
+    monkeypatch.setenv(plugins.DISABLE_ENV, "no_such_module_for_pgflow_tests")
+    # a blocked name is listed with None for its plugin
+    names = [name for name, plugin in plugins.get_plugin_manager().list_name_plugin() if plugin]
+    assert names == list(plugins.BUILTIN_PLUGINS)
+
+
+# -- task hooks -------------------------------------------------------------------------------------
+
+
+def test_task_hooks_are_none_unless_a_plugin_implements_them() -> None:
+    assert plugins.task_hooks() == plugins.manager.TaskHooks()
+    seen: list[tuple[str, int]] = []
+
+    class Watch:
+        @hookimpl
+        def pgflow_task_started(self, step_slug: str, attempt: int) -> None:
+            seen.append((step_slug, attempt))
+
+        @hookimpl(wrapper=True)
+        def pgflow_task_claimed(self) -> Iterator[None]:
+            return (yield)  # a wrapper alone implements nothing worth calling
+
+    plugins.get_plugin_manager().register(Watch(), name="watch")
+    hooks = plugins.task_hooks()
+    assert hooks.claimed is None and hooks.finished is None and hooks.failed is None
+    assert hooks.started is not None
+    hooks.started(flow_slug="f", run_id="r", step_slug="s", task_index=0, attempt=2, worker_id="w")
+    assert seen == [("s", 2)]

@@ -1,7 +1,8 @@
 """The hooks pgflow plugins implement (pluggy, project name "pgflow").
 
 A plugin is a module or object with functions named after these specs and decorated with
-`hookimpl`; it is found through the `pgflow` entry point group (see docs/plugins.md):
+`hookimpl`; it is found through the `pgflow` entry point group or `PGFLOW_PLUGINS` (see
+docs/plugins.md):
 
     from pgflow.hooks import hookimpl
 
@@ -10,15 +11,16 @@ A plugin is a module or object with functions named after these specs and decora
         register("trio", TrioExecutor)
 
 Registration hooks receive a `register` callback rather than returning values, so one plugin can
-register several things and every registration is checked where it happens. Notification hooks
-(`pgflow_event`, `pgflow_worker_started`, `pgflow_worker_stopped`) are called for every plugin
-even when one of them raises; the failure is logged.
+register several things and every registration is checked where it happens. Every other hook
+is a notification (events, workers, tasks): called for every plugin even when one of them
+raises; the failure is logged. All are called through pluggy's hook caller, in pluggy's order,
+wrappers included.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import pluggy
 
@@ -50,6 +52,9 @@ class Serializer(Protocol):
 
     def decode(self, data: bytes | str) -> Any: ...
 
+
+#: Hooks that receive a `register` callback; every other hook is a notification.
+REGISTRATION_HOOKS: Final = frozenset({"pgflow_register_executors", "pgflow_register_serializers"})
 
 RegisterExecutor = Callable[[str, ExecutorFactory], None]
 """`register(name, factory)`: the factory is called with keyword arguments `concurrency`,
@@ -89,11 +94,68 @@ def pgflow_event(event: Mapping[str, Any]) -> None:
 
 
 @hookspec
-def pgflow_worker_started(worker_id: str, flows: Sequence[Flow]) -> None:
-    """A worker registered itself (`worker_id` is its UUID in text form) and is about to
-    claim tasks of `flows`."""
+def pgflow_worker_started(workers: Mapping[str, str], flows: Sequence[Flow]) -> None:
+    """A worker process registered itself and is about to claim tasks of `flows`.
+
+    Called once per worker process. `workers` maps each flow's slug to the worker id (a UUID in
+    text form) the process registered for it: the database knows a worker per flow.
+    """
 
 
 @hookspec
-def pgflow_worker_stopped(worker_id: str) -> None:
-    """A worker stopped claiming tasks and finished (or gave back) the ones it had."""
+def pgflow_worker_stopped(workers: Mapping[str, str]) -> None:
+    """A worker process stopped claiming tasks and finished (or gave back) the ones it had;
+    `workers` as in `pgflow_worker_started`. Called once per worker process."""
+
+
+# -- tasks, in the worker that runs them --------------------------------------------------------
+#
+# Called on the worker's loop thread, between claims: an implementation should return at once
+# (queue what needs time). A worker calls none of them when no plugin implements them.
+
+
+@hookspec
+def pgflow_task_claimed(
+    flow_slug: str, run_id: str, step_slug: str, task_index: int, attempt: int, worker_id: str
+) -> None:
+    """The worker claimed this attempt of a task (`attempt` is 1 for the first). It may wait
+    in the worker for a free slot before it starts."""
+
+
+@hookspec
+def pgflow_task_started(
+    flow_slug: str, run_id: str, step_slug: str, task_index: int, attempt: int, worker_id: str
+) -> None:
+    """The task's handler was handed to the executor."""
+
+
+@hookspec
+def pgflow_task_finished(
+    flow_slug: str,
+    run_id: str,
+    step_slug: str,
+    task_index: int,
+    attempt: int,
+    worker_id: str,
+    duration_seconds: float,
+) -> None:
+    """The handler returned, `duration_seconds` after it started. Its output is reported next
+    (events carry step outputs); one that has no JSON form still fails the task then."""
+
+
+@hookspec
+def pgflow_task_failed(
+    flow_slug: str,
+    run_id: str,
+    step_slug: str,
+    task_index: int,
+    attempt: int,
+    worker_id: str,
+    duration_seconds: float,
+    error: str,
+    will_retry: bool,
+) -> None:
+    """The attempt failed: `error` is "Type: message" as stored in the database. `will_retry`
+    is whether the task has attempts left and the failure allows them (`pgflow.Fail`, or an
+    input that does not fit, fail it at once). `duration_seconds` is 0 when the handler never
+    ran."""

@@ -1,25 +1,28 @@
 """The plugin manager: which plugins are active, and what they provide.
 
 Plugins are registered in this order: the builtin plugins (`BUILTIN_PLUGINS`), then every entry
-point in group `pgflow` of the installed distributions. The environment variable
+point in group `pgflow` of the installed distributions, then the modules named by
+`PGFLOW_PLUGINS` ("module,module", each registered under its module name). The environment variable
 `PGFLOW_DISABLE_PLUGINS` ("name,name") keeps the named plugins out: entry point names, or module
-names for builtins. The manager is built once per process; `reset_plugin_manager()` rebuilds it
+names for builtins and `PGFLOW_PLUGINS`. The manager is built once per process; `reset_plugin_manager()` rebuilds it
 on next use (tests, or after changing the variable).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import pluggy
 
-from pgflow.errors import PluginError
+from pgflow.errors import PluginError, one_line
 from pgflow.executors.base import Executor, ExecutorFactory, FlowInputLoader, StepResolver
 from pgflow.plugins import hookspecs
 from pgflow.plugins.hookspecs import Serializer
@@ -34,13 +37,16 @@ logger = logging.getLogger("pgflow.plugins")
 BUILTIN_PLUGINS: Final[tuple[str, ...]] = ("pgflow.plugins.builtin",)
 ENTRY_POINT_GROUP: Final = "pgflow"
 DISABLE_ENV: Final = "PGFLOW_DISABLE_PLUGINS"
+#: Modules to register as plugins after the entry points ("module,module"): plugins that are not
+#: installed as a distribution (a project's own, tests, benchmarks).
+PLUGINS_ENV: Final = "PGFLOW_PLUGINS"
 
 
-_manager: pluggy.PluginManager | None = None
+_manager: PgflowPluginManager | None = None
 _manager_lock = threading.Lock()
 
 
-def get_plugin_manager() -> pluggy.PluginManager:
+def get_plugin_manager() -> PgflowPluginManager:
     """The process-wide plugin manager, built on first use."""
     global _manager
     manager = _manager
@@ -67,34 +73,57 @@ def _entry_points() -> Sequence[importlib.metadata.EntryPoint]:
     return tuple(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
 
 
-def _build_manager() -> pluggy.PluginManager:
-    manager = pluggy.PluginManager("pgflow")
+def _listed_modules() -> list[str]:
+    return [name.strip() for name in os.environ.get(PLUGINS_ENV, "").split(",") if name.strip()]
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A plugin to register: its name, where it comes from (for people), how to load it."""
+
+    name: str
+    origin: str
+    load: Callable[[], object]
+
+
+def _candidates() -> list[_Candidate]:
+    """Every plugin in the order of registration: builtins, entry points, then PGFLOW_PLUGINS."""
+    found = [
+        _Candidate(name, "builtin", functools.partial(importlib.import_module, name))
+        for name in BUILTIN_PLUGINS
+    ]
+    found += [_Candidate(ep.name, _describe_entry_point(ep), ep.load) for ep in _entry_points()]
+    found += [
+        _Candidate(
+            name,
+            f"module listed in {PLUGINS_ENV}",
+            functools.partial(importlib.import_module, name),
+        )
+        for name in _listed_modules()
+    ]
+    return found
+
+
+def _build_manager() -> PgflowPluginManager:
+    manager = PgflowPluginManager("pgflow")
     manager.add_hookspecs(hookspecs)
     disabled = _disabled_names()
     for name in disabled:
         manager.set_blocked(name)
-    for module_name in BUILTIN_PLUGINS:
-        if not manager.is_blocked(module_name):
-            _register(manager, importlib.import_module(module_name), module_name, module_name)
-    known = set(BUILTIN_PLUGINS)
-    for entry_point in _entry_points():
-        name = entry_point.name
+    known: set[str] = set()
+    for candidate in _candidates():
+        name, where = candidate.name, candidate.origin
         known.add(name)
-        where = _describe_entry_point(entry_point)
         if manager.is_blocked(name):
+            manager.origins.setdefault(name, where)
             continue
-        if manager.has_plugin(name):
-            raise PluginError(
-                f"two plugins are named {name!r} (the second is {where}); uninstall one of them"
-            )
         try:
-            plugin = entry_point.load()
-        except Exception as exc:
-            raise PluginError(
-                f"plugin {name!r} ({where}) failed to load: {type(exc).__name__}: {exc}; "
-                f"fix or uninstall it, or set {DISABLE_ENV}={name} to run without it"
-            ) from exc
-        _register(manager, plugin, name, where)
+            _load(manager, candidate)
+        except PluginError as exc:
+            # One broken plugin must not take the others down: it is listed (`pgflow plugins`)
+            # and named when what it would have provided is asked for.
+            manager.failures[name] = PluginFailure(name, where, str(exc))
+            logger.warning("%s", exc)
     unknown = disabled - known
     if unknown:
         logger.warning(
@@ -108,72 +137,223 @@ def _build_manager() -> pluggy.PluginManager:
 
 def _describe_entry_point(entry_point: importlib.metadata.EntryPoint) -> str:
     dist = entry_point.dist
-    origin = f" from distribution {dist.name!r}" if dist is not None else ""
+    origin = f" from distribution {dist.name} {dist.version}" if dist is not None else ""
     return f"entry point {entry_point.name} = {entry_point.value}{origin}"
 
 
-def _register(manager: pluggy.PluginManager, plugin: object, name: str, where: str) -> None:
+def _load(manager: PgflowPluginManager, candidate: _Candidate) -> None:
+    name, where = candidate.name, candidate.origin
+    how_to_skip = f"set {DISABLE_ENV}={name} to run without it"
+    if manager.has_plugin(name) or name in manager.failures:
+        raise PluginError(
+            f"two plugins are named {name!r} (the second is {where}); uninstall one of them"
+        )
+    try:
+        plugin = candidate.load()
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {name!r} ({where}) failed to load: {type(exc).__name__}: {exc}; "
+            f"fix or uninstall it, or {how_to_skip}"
+        ) from exc
     try:
         manager.register(plugin, name=name)
         # Hook implementations named like no spec are typos (or from a newer pgflow).
         manager.check_pending()
-    except pluggy.PluginValidationError as exc:
-        manager.unregister(name=name)
+    except (pluggy.PluginValidationError, ValueError) as exc:
+        if manager.has_plugin(name):
+            manager.unregister(name=name)
         raise PluginError(
-            f"plugin {name!r} ({where}) does not fit pgflow's hooks: {exc}; see docs/plugins.md "
-            f"for the hook names and signatures, or set {DISABLE_ENV}={name}"
+            f"plugin {name!r} ({where}) does not fit pgflow's hooks: {one_line(exc)}; see "
+            f"docs/plugins.md for the hook names and signatures, or {how_to_skip}"
         ) from exc
+    manager.origins[name] = where
 
 
 # -- calling hooks --------------------------------------------------------------------------------
+#
+# Every hook is called through pluggy's hook caller (`manager.hook.<name>(...)`), so pluggy's
+# order (LIFO, `tryfirst`/`trylast`), wrappers and tracing apply. What pgflow adds is done to each
+# implementation once, when its plugin is registered (`PgflowPluginManager.register`):
+#
+# - notification hooks: an implementation that raises is logged with its plugin's name and
+#   returns None, so the others still run and the worker never sees the exception;
+# - registration hooks: the `register` callback an implementation receives knows which plugin it
+#   is, so a name registered twice is reported naming both plugins.
+#
+# Wrappers (`wrapper=True`, `hookwrapper=True`) are left as they are: they see the call and its
+# result. One that raises fails that one call, which `_notify` logs.
 
 
-def _implementations(hook_name: str) -> Iterator[pluggy.HookImpl]:
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be registered, and why (one line)."""
+
+    name: str
+    origin: str
+    error: str
+
+
+class PgflowPluginManager(pluggy.PluginManager):
+    """pluggy's manager, which adapts each implementation as its plugin registers (see above),
+    and remembers where each plugin came from and which failed to load."""
+
+    def __init__(self, project_name: str) -> None:
+        super().__init__(project_name)
+        # where each plugin pgflow registered came from, for people (`pgflow plugins`)
+        self.origins: dict[str, str] = {}
+        self.failures: dict[str, PluginFailure] = {}
+
+    def register(self, plugin: object, name: str | None = None) -> str | None:
+        plugin_name = super().register(plugin, name)
+        if plugin_name is not None:
+            for caller in self.get_hookcallers(plugin) or ():
+                for impl in caller.get_hookimpls():
+                    if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
+                        _adapt(caller.name, impl)
+        return plugin_name
+
+
+def _adapt(hook_name: str, impl: pluggy.HookImpl) -> None:
+    function = impl.function
+    plugin_name = impl.plugin_name
+    adapted: Callable[..., object]
+    if hook_name in hookspecs.REGISTRATION_HOOKS:
+        if "register" not in impl.argnames:
+            return  # takes no callback, registers nothing
+        position = impl.argnames.index("register")
+
+        @functools.wraps(function)
+        def adapted(*args: object) -> object:
+            registry = args[position]
+            if isinstance(registry, _Registry):
+                args = (*args[:position], registry.on_behalf_of(plugin_name), *args[position + 1 :])
+            return function(*args)
+
+    else:
+
+        @functools.wraps(function)
+        def adapted(*args: object) -> object:
+            try:
+                return function(*args)
+            except Exception:
+                # One broken plugin must not stop the others, nor the worker that notifies them.
+                logger.exception("plugin %r failed in %s", plugin_name, hook_name)
+                return None
+
+    # HookImpl declares `function` Final for its users; pluggy itself reads it at each call, and
+    # replacing it here is what keeps the call going through the hook caller.
+    object.__setattr__(impl, "function", adapted)
+
+
+def _hook(hook_name: str) -> pluggy.HookCaller:
     caller: pluggy.HookCaller = getattr(get_plugin_manager().hook, hook_name)
-    # Registration order: builtins first, so their names come first in listings.
-    for impl in caller.get_hookimpls():
-        if not (impl.hookwrapper or impl.wrapper):
-            yield impl
+    return caller
 
 
-def _call(impl: pluggy.HookImpl, kwargs: Mapping[str, Any]) -> None:
-    # pluggy lets an implementation accept a subset of the spec's arguments, by name.
-    impl.function(*(kwargs[name] for name in impl.argnames))
+def _implemented(caller: pluggy.HookCaller) -> bool:
+    """Whether a plugin implements the hook (wrappers alone do nothing worth calling)."""
+    return any(not (impl.wrapper or impl.hookwrapper) for impl in caller.get_hookimpls())
+
+
+def _notify(caller: pluggy.HookCaller, **kwargs: Any) -> None:
+    try:
+        caller(**kwargs)
+    except Exception:
+        # only a wrapper can get here: implementations are guarded one by one
+        logger.exception("a hook wrapper failed in %s", caller.name)
+
+
+class _Registry:
+    """The `register(name, thing)` callback of a registration hook, for one call of the hook.
+
+    Each implementation gets `on_behalf_of(its plugin)`, so every registration knows its plugin.
+    """
+
+    def __init__(self, what: str, *, strict: bool = True) -> None:
+        self.what = what
+        # strict: a bad or duplicate name raises; else it is only recorded (listings)
+        self.strict = strict
+        self.found: dict[str, tuple[Any, str]] = {}
+        self.by_plugin: dict[str, list[str]] = {}
+
+    def on_behalf_of(self, plugin_name: str) -> Callable[[str, Any], None]:
+        return functools.partial(self._add, plugin_name)
+
+    def __call__(self, name: str, thing: Any) -> None:
+        # a wrapper registering for itself: it has no implementation of its own to name
+        self._add("(a hook wrapper)", name, thing)
+
+    def _add(self, plugin_name: str, name: str, thing: Any) -> None:
+        self.by_plugin.setdefault(plugin_name, []).append(str(name))
+        if not self.strict:
+            return
+        if not isinstance(name, str) or not name.strip():
+            raise PluginError(
+                f"plugin {plugin_name!r} registered {self.what} under the name {name!r}; names "
+                "must be non-empty strings"
+            )
+        if name in self.found:
+            raise PluginError(
+                f"{self.what} {name!r} is registered by two plugins, {self.found[name][1]!r} and "
+                f"{plugin_name!r}; uninstall one of them or set {DISABLE_ENV} to disable it"
+            )
+        self.found[name] = (thing, plugin_name)
 
 
 def _collect(hook_name: str, what: str) -> dict[str, Any]:
-    """Call a `register(name, thing)` hook plugin by plugin, so duplicates name both sides."""
-    found: dict[str, tuple[Any, str]] = {}
-    for impl in _implementations(hook_name):
-        plugin_name = impl.plugin_name
-
-        def register(name: str, thing: Any, plugin_name: str = plugin_name) -> None:
-            if not isinstance(name, str) or not name.strip():
-                raise PluginError(
-                    f"plugin {plugin_name!r} registered {what} under the name {name!r}; names "
-                    "must be non-empty strings"
-                )
-            if name in found:
-                raise PluginError(
-                    f"{what} {name!r} is registered by two plugins, {found[name][1]!r} and "
-                    f"{plugin_name!r}; uninstall one of them or set {DISABLE_ENV} to disable it"
-                )
-            found[name] = (thing, plugin_name)
-
-        _call(impl, {"register": register})
-    return {name: thing for name, (thing, _) in found.items()}
-
-
-def _fire(hook_name: str, kwargs: Mapping[str, Any]) -> None:
-    for impl in _implementations(hook_name):
-        try:
-            _call(impl, kwargs)
-        except Exception:
-            # One broken plugin must not stop the others, nor the worker that notifies them.
-            logger.exception("plugin %r failed in %s", impl.plugin_name, hook_name)
+    """Call a `register(name, thing)` hook; what was registered, by name."""
+    registry = _Registry(what)
+    _hook(hook_name)(register=registry)
+    return {name: thing for name, (thing, _) in registry.found.items()}
 
 
 # -- what plugins provide -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One plugin as `pgflow plugins` lists it."""
+
+    name: str
+    origin: str
+    hooks: tuple[str, ...] = ()
+    executors: tuple[str, ...] = ()
+    serializers: tuple[str, ...] = ()
+    disabled: bool = False
+    error: str | None = None  # why it failed to load
+
+
+def describe_plugins() -> list[PluginInfo]:
+    """Every plugin in registration order (disabled ones too), then those that failed to load.
+
+    Names registered twice are listed under both plugins rather than raised."""
+    manager = get_plugin_manager()
+    executors = _Registry("an executor", strict=False)
+    _hook("pgflow_register_executors")(register=executors)
+    serializers = _Registry("a serializer", strict=False)
+    _hook("pgflow_register_serializers")(register=serializers)
+    found = []
+    for name, plugin in manager.list_name_plugin():
+        origin = manager.origins.get(name, "registered by the program")
+        if plugin is None:
+            found.append(PluginInfo(name, origin, disabled=True))
+            continue
+        found.append(
+            PluginInfo(
+                name,
+                origin,
+                hooks=tuple(
+                    sorted(caller.name for caller in manager.get_hookcallers(plugin) or ())
+                ),
+                executors=tuple(executors.by_plugin.get(name, ())),
+                serializers=tuple(serializers.by_plugin.get(name, ())),
+            )
+        )
+    found += [
+        PluginInfo(failure.name, failure.origin, error=failure.error)
+        for failure in manager.failures.values()
+    ]
+    return found
 
 
 def available_executors() -> dict[str, ExecutorFactory]:
@@ -213,24 +393,64 @@ def executor_factory(name: str) -> ExecutorFactory:
         )
         raise PluginError(
             f"unknown executor {name!r}; known executors: {known}. Plugins can add executors "
-            "(see docs/plugins.md)"
+            f"(see docs/plugins.md){_failures_note()}"
         )
     return factory
 
 
+def _failures_note() -> str:
+    """What failed to load, for an error about something missing that it may have provided."""
+    failures = get_plugin_manager().failures.values()
+    if not failures:
+        return ""
+    return ". Plugins that failed to load (see `pgflow plugins`): " + "; ".join(
+        failure.error for failure in failures
+    )
+
+
 def has_event_sinks() -> bool:
     """Whether any plugin receives events (when none does, events need not be delivered)."""
-    return any(True for _ in _implementations("pgflow_event"))
+    return _implemented(_hook("pgflow_event"))
 
 
 def fire_event(event: Mapping[str, Any]) -> None:
     """Hand one event to every sink; a failing sink is logged and skipped."""
-    _fire("pgflow_event", {"event": event})
+    _notify(_hook("pgflow_event"), event=event)
 
 
-def fire_worker_started(worker_id: str, flows: Sequence[Flow]) -> None:
-    _fire("pgflow_worker_started", {"worker_id": worker_id, "flows": flows})
+TaskHook = Callable[..., None]
 
 
-def fire_worker_stopped(worker_id: str) -> None:
-    _fire("pgflow_worker_stopped", {"worker_id": worker_id})
+@dataclass(frozen=True, slots=True)
+class TaskHooks:
+    """The task hooks a worker calls (keyword arguments as in their specs); None for a hook no
+    plugin implements, so the worker skips it without building its arguments."""
+
+    claimed: TaskHook | None = None
+    started: TaskHook | None = None
+    finished: TaskHook | None = None
+    failed: TaskHook | None = None
+
+
+def task_hooks() -> TaskHooks:
+    """The task hooks of the plugins active now (a worker asks once, when it starts)."""
+
+    def bound(hook_name: str) -> TaskHook | None:
+        caller = _hook(hook_name)
+        return functools.partial(_notify, caller) if _implemented(caller) else None
+
+    return TaskHooks(
+        claimed=bound("pgflow_task_claimed"),
+        started=bound("pgflow_task_started"),
+        finished=bound("pgflow_task_finished"),
+        failed=bound("pgflow_task_failed"),
+    )
+
+
+def fire_worker_started(workers: Mapping[str, str], flows: Sequence[Flow]) -> None:
+    """`workers`: flow slug -> worker id, of one worker process."""
+    _notify(_hook("pgflow_worker_started"), workers=workers, flows=flows)
+
+
+def fire_worker_stopped(workers: Mapping[str, str]) -> None:
+    _notify(_hook("pgflow_worker_stopped"), workers=workers)

@@ -48,11 +48,14 @@ from pgflow.executors.base import Executor, Job, JobResult, Pace
 from pgflow.flow import Flow, load_flow
 from pgflow.plugins.events import EventRelay
 from pgflow.plugins.manager import (
+    TaskHooks,
     create_executor,
+    executor_factory,
     fire_worker_started,
     fire_worker_stopped,
     get_plugin_manager,
     has_event_sinks,
+    task_hooks,
 )
 from pgflow.worker import session
 from pgflow.worker.claims import (
@@ -195,6 +198,8 @@ class Worker:
         self._listener: ChannelListener | None = None
         self._events: EventRelay | None = None
         self._signals = 0
+        # what plugins observe of tasks; none until the worker starts
+        self._task_hooks = TaskHooks()
 
     # -- public API --------------------------------------------------------------------------
 
@@ -223,7 +228,9 @@ class Worker:
     # -- main loop ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        get_plugin_manager()  # load plugins early, so errors in them surface at start
+        get_plugin_manager()  # load plugins early: one that fails to load is logged at start
+        executor_factory(self.options.executor)  # an unknown executor fails before any SQL
+        self._task_hooks = task_hooks()
         self._conn = self._connect_with_backoff()
         check_schema(self._conn, redact(self.dsn))
         self._compile_flows()
@@ -256,6 +263,7 @@ class Worker:
             "per-task" if self.options.per_task else "batched",
             redact(self.dsn),
         )
+        fire_worker_started(self._worker_id_texts(), list(self.flows.values()))
         self._started.set()
         try:
             self._loop()
@@ -406,18 +414,19 @@ class Worker:
             f"the worker stopped before the task finished (grace period "
             f"{self.options.shutdown_grace:g}s); retried at once while attempts are left",
         )
-        for flow_slug, task, _ in stopped:
-            self._pending.append(
-                Outcome(
-                    task.run_id,
-                    task.step_slug,
-                    task.task_index,
-                    task.attempt,
-                    error=error,
-                    flow_slug=flow_slug,
-                    retry="now",
-                )
+        now = time.monotonic()
+        for flow_slug, task, started in stopped:
+            outcome = Outcome(
+                task.run_id,
+                task.step_slug,
+                task.task_index,
+                task.attempt,
+                error=error,
+                flow_slug=flow_slug,
+                retry="now",
             )
+            self._pending.append(outcome)
+            self._task_failed(flow_slug, task, outcome, now - started)
         self._flush()
         logger.warning(
             "%d task(s) did not finish within the grace period: their attempt is failed "
@@ -454,12 +463,14 @@ class Worker:
         for conn in (self._conn, self._input_conn):
             if conn is not None:
                 conn.close()
-        for worker_id in self.worker_ids.values():
-            fire_worker_stopped(str(worker_id))
+        fire_worker_stopped(self._worker_id_texts())
         self._stopped.set()
         logger.info(
             "worker stopped: %d completed, %d failed", self.stats.completed, self.stats.failed
         )
+
+    def _worker_id_texts(self) -> dict[str, str]:
+        return {slug: str(worker_id) for slug, worker_id in self.worker_ids.items()}
 
     # -- database steps ----------------------------------------------------------------------
 
@@ -525,8 +536,6 @@ class Worker:
         name = f"{socket.gethostname()}:{os.getpid()}"
         for slug, worker_id in self.worker_ids.items():
             session.register(self._conn, worker_id, slug, name)
-            if not self._started.is_set():
-                fire_worker_started(str(worker_id), [self.flows[slug]])
 
     def _heartbeat(self) -> None:
         assert self._conn is not None
@@ -585,18 +594,20 @@ class Worker:
         return slugs
 
     def _submit(self, flow_slug: str, task: ClaimedTask) -> None:
+        if self._task_hooks.claimed is not None:
+            self._task_hooks.claimed(**self._task_fields(flow_slug, task))
         if task.input_error is not None:
-            self._pending.append(
-                Outcome(
-                    task.run_id,
-                    task.step_slug,
-                    task.task_index,
-                    task.attempt,
-                    error=task.input_error,
-                    flow_slug=flow_slug,
-                    retry="never" if task.input_error_final else None,
-                )
+            outcome = Outcome(
+                task.run_id,
+                task.step_slug,
+                task.task_index,
+                task.attempt,
+                error=task.input_error,
+                flow_slug=flow_slug,
+                retry="never" if task.input_error_final else None,
             )
+            self._pending.append(outcome)
+            self._task_failed(flow_slug, task, outcome, 0.0)
             self._wake.set()
             return
         self._queued.append((flow_slug, task, time.monotonic()))
@@ -684,7 +695,34 @@ class Worker:
             flow_ref=self.flow_refs[flow_slug],
         )
         self._in_flight[key] = (flow_slug, task, time.monotonic())
+        if self._task_hooks.started is not None:
+            self._task_hooks.started(**self._task_fields(flow_slug, task))
         self._executor.submit(job, self._on_done)
+
+    def _task_fields(self, flow_slug: str, task: ClaimedTask) -> dict[str, Any]:
+        """The arguments every task hook takes."""
+        return {
+            "flow_slug": flow_slug,
+            "run_id": task.run_id,
+            "step_slug": task.step_slug,
+            "task_index": task.task_index,
+            "attempt": task.attempt,
+            "worker_id": str(self.worker_ids[flow_slug]),
+        }
+
+    def _task_failed(
+        self, flow_slug: str, task: ClaimedTask, outcome: Outcome, duration: float
+    ) -> None:
+        if self._task_hooks.failed is None:
+            return
+        step = self.flows[flow_slug].get_step(task.step_slug)
+        self._task_hooks.failed(
+            **self._task_fields(flow_slug, task),
+            duration_seconds=duration,
+            error=outcome.error,
+            # what fail_task will decide: attempts left, unless the failure is final
+            will_retry=outcome.retry != "never" and task.attempt < step.effective_max_attempts,
+        )
 
     def _on_done(self, result: JobResult) -> None:
         # called from executor threads: hand over and wake the loop, nothing more
@@ -732,6 +770,14 @@ class Worker:
                 if result.final:
                     outcome.retry = "never"
             self._pending.append(outcome)
+            if task is not None and flow_slug is not None:
+                if outcome.ok:
+                    if self._task_hooks.finished is not None:
+                        self._task_hooks.finished(
+                            **self._task_fields(flow_slug, task), duration_seconds=now - started
+                        )
+                else:
+                    self._task_failed(flow_slug, task, outcome, now - started)
         return bool(self._pending)
 
     def _report_due(self) -> bool:
