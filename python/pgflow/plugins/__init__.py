@@ -16,6 +16,7 @@ from pgflow.plugins.manager import (
     fire_worker_started,
     fire_worker_stopped,
     get_plugin_manager,
+    get_serializer,
     has_event_sinks,
     reset_plugin_manager,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "fire_worker_started",
     "fire_worker_stopped",
     "get_plugin_manager",
+    "get_serializer",
     "has_event_sinks",
     "reset_plugin_manager",
 ]
