@@ -10,6 +10,7 @@ a blocking connection and `time.sleep`, `AsyncClient` with an async connection a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgflow.codec import encode_value
+from pgflow.codec import DEFAULT_SERIALIZER, check_json, encode_value
 from pgflow.db.compile import (
     ENSURE_FLOW_COMPILED,
     check_compiled,
@@ -46,6 +47,8 @@ from pgflow.errors import (
     WaitTimeout,
 )
 from pgflow.flow import Flow
+from pgflow.plugins.hookspecs import Serializer
+from pgflow.plugins.manager import get_serializer
 
 __all__ = [
     "AsyncClient",
@@ -236,6 +239,9 @@ class _SQL:
         "select (select count(*) from pgflow.steps s where s.flow_slug = f.flow_slug)::int "
         "as steps from pgflow.flows f where f.flow_slug = %s"
     )
+    # the serializer a flow records (no row: the default)
+    SERIALIZER = "select serializer from pgflow.flow_serializers where flow_slug = %s"
+    OUTPUT_TEXT = "select output::text as output from pgflow.runs where run_id = %s"
     # what a run that a start with a taken run id ran into is: an idempotent start, or a conflict
     STARTED_AS = "select flow_slug, input = %s as same_input from pgflow.runs where run_id = %s"
     # a range on the primary key, so a prefix is looked up in the index
@@ -322,6 +328,8 @@ class _Plans:
         # slugs started by name that are known to have steps (a flow's steps never go away)
         self.with_steps: set[str] = set()
         self.schema_checked = False
+        # flow slug -> its serializer when a plugin's (None: the default), as the flow records it
+        self.serializers: dict[str, Serializer | None] = {}
 
     def ready(self) -> _Plan[None]:
         """Raise `SchemaNotMigrated` (or `SchemaTooNew`) unless the schema is this pgflow's;
@@ -345,10 +353,25 @@ class _Plans:
         yield from self.ready()
         return (yield from plan)
 
+    def serializer_of(self, slug: str, flow: Flow | None = None) -> _Plan[Serializer | None]:
+        """The serializer of a flow's values: the Flow's own, else the one the database
+        records for it; None for the default. `PluginError` when it is not installed here."""
+        if flow is None and slug in self.serializers:
+            return self.serializers[slug]
+        if flow is not None:
+            name = flow.serializer
+        else:
+            rows = yield _Query(_SQL.SERIALIZER, (slug,))
+            name = rows[0]["serializer"] if rows else None
+        found = None if name in (None, DEFAULT_SERIALIZER) else get_serializer(name)
+        self.serializers[slug] = found
+        return found
+
     def start(self, flow: Flow | str, input: Any, run_id: str | UUID | None) -> _Plan[str]:
         slug = flow.slug if isinstance(flow, Flow) else flow
         given = None if run_id is None else _new_run_id(run_id)
-        encoded = _encode_input(input)
+        serializer = yield from self.serializer_of(slug, flow if isinstance(flow, Flow) else None)
+        encoded = _encode_input(input, serializer)
         if isinstance(flow, Flow):
             flow.check_run_input(encoded)  # before anything is written, as a worker would
         payload = Jsonb(encoded, dumps=_encoded)
@@ -409,7 +432,15 @@ class _Plans:
             raise RunNotFound(f"run {run_id} does not exist")
         steps = yield _Query(_SQL.STEPS, (run_id,))
         tasks = (yield _Query(_SQL.TASKS, (run_id,))) if with_tasks else []
-        return Run(steps=tuple(_steps_from(steps, tasks)), **rows[0])
+        run = Run(steps=tuple(_steps_from(steps, tasks)), **rows[0])
+        if run.output is None:
+            return run
+        serializer = yield from self.serializer_of(run.flow_slug)
+        if serializer is None:
+            return run
+        # the run's output as its flow's serializer reads it (the steps' stay plain JSON)
+        text = yield _Query(_SQL.OUTPUT_TEXT, (run_id,))
+        return dataclasses.replace(run, output=serializer.decode(text[0]["output"]))
 
     def status(self, run_id: str | UUID) -> _Plan[str]:
         rows = yield _Query(_SQL.STATUS, (_run_uuid(run_id),))
@@ -542,16 +573,21 @@ def _new_run_id(run_id: str | UUID) -> str:
         ) from None
 
 
-def _encode_input(value: Any) -> bytes:
+def _encode_input(value: Any, serializer: Serializer | None = None) -> bytes:
     """A run input as JSON, encoded as the worker encodes handler outputs (so Structs,
-    dataclasses, enums, datetimes, UUIDs and Decimals are inputs too); `ConfigError` for a
-    value that has no JSON form."""
+    dataclasses, enums, datetimes, UUIDs and Decimals are inputs too), or by the flow's own
+    serializer; `ConfigError` for a value that has no JSON form."""
     try:
-        return encode_value(value)
+        if serializer is None:
+            return encode_value(value)
+        return check_json(serializer.encode(value), "what the flow's serializer wrote")
     except UnencodableValue as exc:
-        raise ConfigError(
-            f"the run input cannot be turned into JSON ({type(value).__name__}): {exc}"
-        ) from None
+        reason: object = exc
+    except Exception as exc:  # a plugin's serializer may raise anything
+        reason = f"{type(exc).__name__}: {exc}"
+    raise ConfigError(
+        f"the run input cannot be turned into JSON ({type(value).__name__}): {reason}"
+    ) from None
 
 
 def _encoded(text: bytes) -> bytes:

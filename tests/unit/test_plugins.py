@@ -155,10 +155,13 @@ def test_plugin_registers_a_serializer() -> None:
         def pgflow_register_serializers(self, register: RegisterSerializer) -> None:
             register("repr", serializer)
 
-    assert plugins.available_serializers() == {}
+    # the builtin plugin provides the default
+    assert set(plugins.available_serializers()) == {"msgspec"}
     plugins.get_plugin_manager().register(SerializerPlugin(), name="serializer-plugin")
     found = plugins.available_serializers()
-    assert found == {"repr": serializer}
+    assert set(found) == {"msgspec", "repr"}
+    assert found["repr"] is serializer
+    assert plugins.get_serializer("repr") is serializer
     assert found["repr"].encode([1]) == b"[1]"
 
 

@@ -46,6 +46,10 @@ _FLAG_HELP: dict[str, tuple[str, Any]] = {
         "the largest JSON output a task may store; larger fails the task (default {})",
         int,
     ),
+    "serializer": (
+        "the serializer for flows that name none (default: msgspec); see `pgflow plugins`",
+        str,
+    ),
 }
 
 

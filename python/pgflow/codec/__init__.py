@@ -23,6 +23,7 @@ from pgflow.codec.fallback import MAX_DEPTH, MODE_DEPS, MODE_FLOW_INPUT, MODE_MA
 from pgflow.errors import UnencodableValue
 
 __all__ = [
+    "DEFAULT_SERIALIZER",
     "IMPLEMENTATION",
     "MAX_DEPTH",
     "MODE_DEPS",
@@ -30,9 +31,11 @@ __all__ = [
     "MODE_MAP",
     "RUST_AVAILABLE",
     "Blobs",
+    "MsgspecSerializer",
     "TaskSpec",
     "assemble_and_decode",
     "assemble_inputs",
+    "check_json",
     "decode_json",
     "decode_many",
     "encode_outputs",
@@ -111,3 +114,35 @@ def encode_outputs(values: Sequence[Any]) -> bytes:
             exc.position = position
             raise
     raise AssertionError("encoding failed for the batch but for no value alone")
+
+
+def check_json(data: bytes | str, what: str = "the value") -> bytes:
+    """`data` as bytes when it is one JSON text PostgreSQL's jsonb can store; `UnencodableValue`
+    otherwise (what a serializer plugin writes is checked with this before it is stored)."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    try:
+        msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise UnencodableValue(f"{what} is not one JSON text: {exc}", type_name="bytes") from None
+    if b"\\u0000" in raw and _NUL_ESCAPE.search(raw):
+        raise UnencodableValue(
+            f"{what} holds the character U+0000, which PostgreSQL's jsonb cannot store",
+            type_name="bytes",
+        )
+    return raw
+
+
+#: The serializer a flow uses when it names none.
+DEFAULT_SERIALIZER: Final = "msgspec"
+
+
+class MsgspecSerializer:
+    """The default serializer: msgspec's JSON, which writes Structs, dataclasses, enums,
+    datetimes, dates, UUIDs and Decimals (as ISO strings, strings and numbers) and reads plain
+    JSON values back (a typed handler gets them converted to its declared types)."""
+
+    def encode(self, value: Any) -> bytes:
+        return encode_value(value)
+
+    def decode(self, data: bytes | str) -> Any:
+        return decode_json(data)

@@ -59,8 +59,18 @@ class Flow:
         max_attempts: int | None = None,
         base_delay: int | None = None,
         timeout: int | None = None,
+        serializer: str | None = None,
     ):
         self._slug = check_flow_slug(slug)
+        if serializer is not None and (
+            not isinstance(serializer, str) or not 1 <= len(serializer.strip()) <= 128
+        ):
+            raise FlowDefinitionError(
+                f"flow {slug!r}: serializer must be the name of a registered serializer (a "
+                f"non-empty string of at most 128 characters), got {serializer!r}",
+                flow_slug=slug,
+            )
+        self._serializer = serializer.strip() if serializer is not None else None
         self._max_attempts = check_option(slug, None, "max_attempts", max_attempts, minimum=0)
         self._base_delay = check_option(slug, None, "base_delay", base_delay, minimum=0)
         self._timeout = check_option(slug, None, "timeout", timeout, minimum=1)
@@ -89,6 +99,12 @@ class Flow:
     def timeout(self) -> int | None:
         """As set on the flow; None means the SQL default (60)."""
         return self._timeout
+
+    @property
+    def serializer(self) -> str | None:
+        """The name of the serializer this flow's inputs and outputs go through, recorded with
+        the flow in the database; None: the worker's default (msgspec unless it names another)."""
+        return self._serializer
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -206,10 +222,10 @@ class Flow:
         step is `{"slug", "stepType", "dependencies" (sorted), "whenUnmet", "whenExhausted",
         "requiredInputPattern", "forbiddenInputPattern", "options"}`, a pattern being
         `{"defined": false}` or `{"defined": true, "value": {...}}`. Only options that were set
-        appear under "options" (keys maxAttempts, baseDelay, timeout and, for steps,
-        startDelay). A new dict is built on each call.
+        appear under "options" (keys maxAttempts, baseDelay, timeout and serializer, and for
+        steps startDelay). A new dict is built on each call.
         """
-        options: dict[str, int] = {}
+        options: dict[str, Any] = {}
         for key, value in (
             ("maxAttempts", self._max_attempts),
             ("baseDelay", self._base_delay),
@@ -217,6 +233,8 @@ class Flow:
         ):
             if value is not None:
                 options[key] = value
+        if self._serializer is not None:
+            options["serializer"] = self._serializer
         return {"steps": [step.shape() for step in self._steps.values()], "options": options}
 
     # -- run input -------------------------------------------------------------------------------

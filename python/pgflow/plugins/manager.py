@@ -366,6 +366,22 @@ def available_serializers() -> dict[str, Serializer]:
     return _collect("pgflow_register_serializers", "a serializer")
 
 
+def get_serializer(name: str) -> Serializer:
+    """The serializer registered as `name`; raises `PluginError` listing the known names when
+    there is none."""
+    serializers = available_serializers()
+    found = serializers.get(name)
+    if found is None:
+        known = ", ".join(sorted(serializers)) or (
+            f"none: every plugin that provides one is disabled (check {DISABLE_ENV})"
+        )
+        raise PluginError(
+            f"unknown serializer {name!r}; known serializers: {known}. Install the plugin that "
+            "provides it (see docs/plugins.md)"
+        )
+    return found
+
+
 def create_executor(
     name: str,
     *,

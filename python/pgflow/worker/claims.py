@@ -22,6 +22,7 @@ from pgflow import codec
 from pgflow.codec import MODE_DEPS, MODE_FLOW_INPUT, MODE_MAP
 from pgflow.errors import CoreError, InputValidationError, PgflowError
 from pgflow.flow import Flow
+from pgflow.plugins.hookspecs import Serializer
 
 logger = logging.getLogger("pgflow.worker")
 
@@ -58,7 +59,12 @@ class TaskSource(Protocol):
     """Claims up to `qty` tasks of a flow for a worker."""
 
     def claim(
-        self, conn: psycopg.Connection[Any], flow: Flow, worker_id: UUID, qty: int
+        self,
+        conn: psycopg.Connection[Any],
+        flow: Flow,
+        worker_id: UUID,
+        qty: int,
+        serializer: Serializer | None = None,
     ) -> tuple[list[ClaimedTask], dict[str, str]]:
         """Returns the tasks and the raw run inputs seen on the way (run_id -> JSON text),
         which the worker keeps so that `ctx.flow_input` needs no query for root steps."""
@@ -72,9 +78,11 @@ _CLAIM_SQL = (
 
 
 def rows_to_tasks(
-    rows: Sequence[tuple[Any, ...]], flow: Flow
+    rows: Sequence[tuple[Any, ...]], flow: Flow, serializer: Serializer | None = None
 ) -> tuple[list[ClaimedTask], dict[str, str]]:
-    """Tasks with their inputs from the rows of `claim_tasks` (or of a report that claimed)."""
+    """Tasks with their inputs from the rows of `claim_tasks` (or of a report that claimed).
+    With a `serializer` (a flow's own, not the default) untyped inputs are decoded by it from
+    their raw JSON; typed ones are always converted to their handler's type by msgspec."""
     tasks: list[ClaimedTask] = []
     blobs: dict[str, str] = {}
     dead: list[int] = []
@@ -93,11 +101,18 @@ def rows_to_tasks(
             with_payload.add(task, payload)
         else:
             assembled.add(task, (mode, run_id, deps, task_index))
-    assembled.fill(
-        lambda specs: codec.assemble_and_decode(specs, blobs),
-        lambda specs: codec.assemble_inputs(specs, blobs),
-    )
-    with_payload.fill(codec.decode_many, _as_bytes)
+    if serializer is None:
+        assembled.fill(
+            lambda specs: codec.assemble_and_decode(specs, blobs),
+            lambda specs: codec.assemble_inputs(specs, blobs),
+        )
+        with_payload.fill(codec.decode_many, _as_bytes)
+    else:
+        assembled.fill(
+            lambda specs: _decode_with(serializer, codec.assemble_inputs(specs, blobs)),
+            lambda specs: codec.assemble_inputs(specs, blobs),
+        )
+        with_payload.fill(lambda items: _decode_with(serializer, _as_bytes(items)), _as_bytes)
     if dead:
         logger.warning(
             "archived %d message(s) of flow %s's queue that no task could use (duplicates, or "
@@ -114,14 +129,32 @@ class BatchedSource:
     """`pgflow.claim_tasks`: one round trip, raw JSON, inputs built in one codec call."""
 
     def claim(
-        self, conn: psycopg.Connection[Any], flow: Flow, worker_id: UUID, qty: int
+        self,
+        conn: psycopg.Connection[Any],
+        flow: Flow,
+        worker_id: UUID,
+        qty: int,
+        serializer: Serializer | None = None,
     ) -> tuple[list[ClaimedTask], dict[str, str]]:
         rows = conn.execute(_CLAIM_SQL, (flow.slug, worker_id, qty), prepare=True).fetchall()
-        return rows_to_tasks(rows, flow) if rows else ([], {})
+        return rows_to_tasks(rows, flow, serializer) if rows else ([], {})
 
 
 def _as_bytes(items: list[str]) -> list[bytes]:
     return [item.encode() for item in items]
+
+
+def _decode_with(serializer: Serializer, raws: list[bytes]) -> list[Any]:
+    """Each raw input through a plugin's serializer; its failure is the task's, never the
+    worker's (a `CoreError`, which fails just that task)."""
+    try:
+        return [serializer.decode(raw) for raw in raws]
+    except CoreError:
+        raise
+    except Exception as exc:
+        raise CoreError(
+            f"the flow's serializer could not decode the input: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 class _Group:
@@ -205,7 +238,12 @@ class PerTaskSource:
         self.read_vt = read_vt
 
     def claim(
-        self, conn: psycopg.Connection[Any], flow: Flow, worker_id: UUID, qty: int
+        self,
+        conn: psycopg.Connection[Any],
+        flow: Flow,
+        worker_id: UUID,
+        qty: int,
+        serializer: Serializer | None = None,
     ) -> tuple[list[ClaimedTask], dict[str, str]]:
         with conn.transaction():
             msg_ids = [
@@ -231,5 +269,8 @@ class PerTaskSource:
             group.add(task, flow_input_text if flow_input_text is not None else input_text)
             if flow_input_text is not None:
                 run_inputs[run_id] = flow_input_text
-        group.fill(codec.decode_many, _as_bytes)
+        if serializer is None:
+            group.fill(codec.decode_many, _as_bytes)
+        else:
+            group.fill(lambda items: _decode_with(serializer, _as_bytes(items)), _as_bytes)
         return tasks, run_inputs

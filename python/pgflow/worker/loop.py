@@ -31,22 +31,24 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
 import psycopg
 
+from pgflow.codec import DEFAULT_SERIALIZER
 from pgflow.db.compile import check_has_steps
 from pgflow.db.connection import commit_asynchronously, connect
 from pgflow.db.dsn import redact, resolve_dsn
 from pgflow.db.listener import EVENTS_CHANNEL, TASKS_CHANNEL, ChannelListener, task_listener
 from pgflow.db.migrations import check_schema
-from pgflow.errors import PgflowError, one_line
+from pgflow.errors import PgflowError, PluginError, one_line
 from pgflow.executors.base import Executor, Job, JobResult, Pace
 from pgflow.flow import Flow, load_flow
 from pgflow.plugins.events import EventRelay
+from pgflow.plugins.hookspecs import Serializer
 from pgflow.plugins.manager import (
     TaskHooks,
     create_executor,
@@ -54,6 +56,7 @@ from pgflow.plugins.manager import (
     fire_worker_started,
     fire_worker_stopped,
     get_plugin_manager,
+    get_serializer,
     has_event_sinks,
     task_hooks,
 )
@@ -159,10 +162,13 @@ class Worker:
         # an eighth of what one claim may take, so refills stay prompt but not tiny
         self._min_claim = max(1, min(opts.claim_size, opts.concurrency + opts.prefetch) // 8)
         self.source: TaskSource = PerTaskSource() if opts.per_task else BatchedSource()
+        # the flows whose values go through a plugin's serializer (the default needs none): a
+        # flow's own choice, else the worker's; one that is not installed is refused here
+        self.serializers = _serializers(self.flows, opts.serializer)
         self.sink: ResultSink = (
-            PerTaskSink(opts.max_output_bytes)
+            PerTaskSink(opts.max_output_bytes, self.serializers)
             if opts.per_task
-            else BatchedSink(opts.max_output_bytes)
+            else BatchedSink(opts.max_output_bytes, self.serializers)
         )
         self.worker_ids = {slug: uuid.uuid4() for slug in self.flows}
         self.stats = WorkerStats()
@@ -566,7 +572,11 @@ class Worker:
                 break
             try:
                 tasks, run_inputs = self.source.claim(
-                    self._conn, self.flows[slug], self.worker_ids[slug], qty - total
+                    self._conn,
+                    self.flows[slug],
+                    self.worker_ids[slug],
+                    qty - total,
+                    self.serializers.get(slug),
                 )
             except psycopg.Error as exc:
                 if not session.is_unregistered_worker(exc):
@@ -574,7 +584,11 @@ class Worker:
                 logger.warning("this worker's row was gone (pruned?); registering again")
                 self._register()
                 tasks, run_inputs = self.source.claim(
-                    self._conn, self.flows[slug], self.worker_ids[slug], qty - total
+                    self._conn,
+                    self.flows[slug],
+                    self.worker_ids[slug],
+                    qty - total,
+                    self.serializers.get(slug),
                 )
             self.stats.claims += 1
             self.stats.largest_claim = max(self.stats.largest_claim, len(tasks))
@@ -879,7 +893,9 @@ class Worker:
             if not rows:
                 continue
             flow_slug = offers[0].flow_slug
-            tasks, run_inputs = rows_to_tasks(rows, self.flows[flow_slug])
+            tasks, run_inputs = rows_to_tasks(
+                rows, self.flows[flow_slug], self.serializers.get(flow_slug)
+            )
             if run_inputs:
                 self._run_inputs.offer(run_inputs)
             for task in tasks:
@@ -937,6 +953,21 @@ class Worker:
                 signal.signal(sig, handler)
 
         return restore
+
+
+def _serializers(flows: Mapping[str, Flow], default: str | None) -> dict[str, Serializer]:
+    """Each flow's serializer when it is not the built-in default; `PluginError` (naming the
+    flow) when one is not installed."""
+    chosen: dict[str, Serializer] = {}
+    for slug, flow in flows.items():
+        name = flow.serializer or default or DEFAULT_SERIALIZER
+        if name == DEFAULT_SERIALIZER:
+            continue  # the hot path's own msgspec encoding and decoding
+        try:
+            chosen[slug] = get_serializer(name)
+        except PluginError as exc:
+            raise PluginError(f"cannot serve flow {slug!r}: {exc}") from None
+    return chosen
 
 
 def _task_ref(task: ClaimedTask) -> session.TaskRef:

@@ -43,6 +43,8 @@ class WorkerOptions:
         shutdown_grace: seconds in-flight tasks get to finish on a graceful stop.
         max_backoff: the longest wait between reconnection attempts, in seconds.
         listen: wake on NOTIFY (else poll only).
+        serializer: the serializer for flows that name none (default: msgspec's JSON); a
+            flow's own choice (`Flow(..., serializer=...)`) always wins.
         max_output_bytes: the largest JSON output a task may store; a larger one fails the task
             (OutputTooLarge) instead of weighing on every dependent's input. At most 256 MiB,
             jsonb's own limit.
@@ -61,6 +63,7 @@ class WorkerOptions:
     max_backoff: float = 10.0
     listen: bool = True
     max_output_bytes: int = 16 * 1024 * 1024
+    serializer: str | None = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -126,4 +129,5 @@ CLI_FLAGS: Final[dict[str, str]] = {
     "requeue_interval": "--requeue-interval",
     "shutdown_grace": "--shutdown-grace",
     "max_output_bytes": "--max-output-bytes",
+    "serializer": "--serializer",
 }

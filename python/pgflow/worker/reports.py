@@ -10,17 +10,19 @@ batch or the worker.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from uuid import UUID
 
+import msgspec
 import psycopg
 from psycopg.abc import Buffer
 from psycopg.adapt import Dumper
 
 from pgflow import codec
 from pgflow.errors import UnencodableValue
+from pgflow.plugins.hookspecs import Serializer
 
 logger = logging.getLogger("pgflow.worker")
 
@@ -70,10 +72,17 @@ class _RawJsonDumper(Dumper):
 psycopg.adapters.register_dumper(RawJson, _RawJsonDumper)
 
 
-def encode_outputs(outcomes: Sequence[Outcome], max_bytes: int = DEFAULT_MAX_OUTPUT) -> RawJson:
+def encode_outputs(
+    outcomes: Sequence[Outcome],
+    max_bytes: int = DEFAULT_MAX_OUTPUT,
+    serializers: Mapping[str, Serializer] | None = None,
+) -> RawJson:
     """One JSON array with each outcome's output (null for failures), encoded once. Outcomes
     whose output cannot be encoded, or whose JSON is over `max_bytes`, are turned into failures
-    in place."""
+    in place. `serializers` names the flows whose outputs go through a plugin's serializer
+    instead of msgspec (each output then on its own)."""
+    if serializers and any(o.flow_slug in serializers for o in outcomes if o.flow_slug):
+        return _encode_each(outcomes, max_bytes, serializers)
     try:
         encoded = codec.encode_outputs([o.output if o.ok else None for o in outcomes])
         if len(encoded) <= max_bytes:  # no output can be larger than the whole array
@@ -86,23 +95,55 @@ def encode_outputs(outcomes: Sequence[Outcome], max_bytes: int = DEFAULT_MAX_OUT
         try:
             size = len(codec.encode_value(outcome.output))
         except UnencodableValue as exc:
-            outcome.error = error_text(
-                "OutputNotJSON",
-                f"the output of step {outcome.step_slug!r} cannot be stored as JSON: {exc}",
-            )
-            outcome.output = None
-            outcome.retry = "never"  # the same handler on the same input returns the same
+            _fail_output(outcome, "OutputNotJSON", f"cannot be stored as JSON: {exc}")
             continue
         if size > max_bytes:
-            outcome.error = error_text(
-                "OutputTooLarge",
-                f"the output of step {outcome.step_slug!r} is {size} bytes of JSON, over the "
-                f"worker's limit of {max_bytes} (max_output_bytes, --max-output-bytes): store "
-                "large data elsewhere and return a reference to it",
-            )
-            outcome.output = None
-            outcome.retry = "never"
+            _fail_output(outcome, "OutputTooLarge", _too_large(size, max_bytes))
     return RawJson(codec.encode_outputs([o.output if o.ok else None for o in outcomes]))
+
+
+def _encode_each(
+    outcomes: Sequence[Outcome], max_bytes: int, serializers: Mapping[str, Serializer]
+) -> RawJson:
+    parts: list[bytes] = []
+    for outcome in outcomes:
+        if not outcome.ok:
+            parts.append(b"null")
+            continue
+        serializer = serializers.get(outcome.flow_slug) if outcome.flow_slug else None
+        try:
+            if serializer is None:
+                data = codec.encode_value(outcome.output)
+            else:
+                data = codec.check_json(
+                    serializer.encode(outcome.output), "what the flow's serializer wrote"
+                )
+        except Exception as exc:  # a plugin's serializer may raise anything
+            reason = (
+                str(exc) if isinstance(exc, UnencodableValue) else f"{type(exc).__name__}: {exc}"
+            )
+            _fail_output(outcome, "OutputNotJSON", f"cannot be stored as JSON: {reason}")
+            parts.append(b"null")
+            continue
+        if len(data) > max_bytes:
+            _fail_output(outcome, "OutputTooLarge", _too_large(len(data), max_bytes))
+            parts.append(b"null")
+            continue
+        parts.append(data)
+    return RawJson(b"[" + b",".join(parts) + b"]")
+
+
+def _fail_output(outcome: Outcome, kind: str, why: str) -> None:
+    outcome.error = error_text(kind, f"the output of step {outcome.step_slug!r} {why}")
+    outcome.output = None
+    outcome.retry = "never"  # the same handler on the same input returns the same
+
+
+def _too_large(size: int, max_bytes: int) -> str:
+    return (
+        f"is {size} bytes of JSON, over the worker's limit of {max_bytes} (max_output_bytes, "
+        "--max-output-bytes): store large data elsewhere and return a reference to it"
+    )
 
 
 @dataclass(slots=True, frozen=True)
@@ -140,12 +181,14 @@ _REPORT_AND_CLAIM_SQL = (
 )
 
 
-def _report_args(outcomes: Sequence[Outcome], max_output_bytes: int) -> tuple[Any, ...]:
+def _report_args(
+    outcomes: Sequence[Outcome], max_output_bytes: int, serializers: Mapping[str, Serializer]
+) -> tuple[Any, ...]:
     return (
         [o.run_id for o in outcomes],
         [o.step_slug for o in outcomes],
         [o.task_index for o in outcomes],
-        encode_outputs(outcomes, max_output_bytes),
+        encode_outputs(outcomes, max_output_bytes, serializers),
         [o.error for o in outcomes],
         [o.attempt for o in outcomes],
         [o.retry for o in outcomes] if any(o.retry for o in outcomes) else None,
@@ -157,12 +200,21 @@ class BatchedSink:
 
     claims_on_report = True
 
-    def __init__(self, max_output_bytes: int = DEFAULT_MAX_OUTPUT) -> None:
+    def __init__(
+        self,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT,
+        serializers: Mapping[str, Serializer] | None = None,
+    ) -> None:
         self.max_output_bytes = max_output_bytes
+        self.serializers = dict(serializers or {})
 
     def report(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> None:
         if outcomes:
-            conn.execute(_REPORT_SQL, _report_args(outcomes, self.max_output_bytes), prepare=True)
+            conn.execute(
+                _REPORT_SQL,
+                _report_args(outcomes, self.max_output_bytes, self.serializers),
+                prepare=True,
+            )
 
     def report_and_claim(
         self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome], offer: ClaimOffer
@@ -173,7 +225,7 @@ class BatchedSink:
             offer.flow_slug,
             offer.worker_id,
             offer.qty,
-            *_report_args(outcomes, self.max_output_bytes),
+            *_report_args(outcomes, self.max_output_bytes, self.serializers),
         )
         return conn.execute(_REPORT_AND_CLAIM_SQL, args, prepare=True).fetchall()
 
@@ -183,24 +235,25 @@ class PerTaskSink:
 
     claims_on_report = False
 
-    def __init__(self, max_output_bytes: int = DEFAULT_MAX_OUTPUT) -> None:
+    def __init__(
+        self,
+        max_output_bytes: int = DEFAULT_MAX_OUTPUT,
+        serializers: Mapping[str, Serializer] | None = None,
+    ) -> None:
         self.max_output_bytes = max_output_bytes
+        self.serializers = dict(serializers or {})
 
     def report(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
             return
-        encode_outputs(outcomes, self.max_output_bytes)  # unencodable or too large: failures
-        for o in outcomes:
+        # unencodable or too large: failures
+        encoded = encode_outputs(outcomes, self.max_output_bytes, self.serializers)
+        outputs = msgspec.json.decode(encoded, type=list[msgspec.Raw])
+        for o, output in zip(outcomes, outputs, strict=True):
             if o.ok:
                 conn.execute(
                     "select 1 from pgflow.complete_task(%s, %s, %s, %s, %s::int)",
-                    (
-                        o.run_id,
-                        o.step_slug,
-                        o.task_index,
-                        RawJson(codec.encode_value(o.output)),
-                        o.attempt,
-                    ),
+                    (o.run_id, o.step_slug, o.task_index, RawJson(bytes(output)), o.attempt),
                 )
             else:
                 conn.execute(

@@ -37,5 +37,6 @@ begin
       when_exhausted => coalesce(v_step ->> 'whenExhausted', 'fail')
     );
   end loop;
+  perform pgflow._record_serializer(p_flow_slug, p_shape);
 end;
 $$;

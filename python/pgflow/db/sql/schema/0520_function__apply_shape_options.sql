@@ -18,6 +18,7 @@ begin
       opt_base_delay = coalesce(pgflow._shape_int(v_opts, 'baseDelay'), 5),
       opt_timeout = coalesce(pgflow._shape_int(v_opts, 'timeout'), 60)
     where f.flow_slug = p_flow_slug;
+    perform pgflow._record_serializer(p_flow_slug, p_shape);
   end if;
   for v_step in select s from jsonb_array_elements(p_shape -> 'steps') s loop
     v_step_opts := v_step -> 'options';
