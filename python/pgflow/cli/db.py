@@ -164,6 +164,7 @@ def _counts(pruned: Pruned) -> list[tuple[str, int]]:
         ("queued messages", pruned.queued_messages),
         ("archived messages", pruned.archived_messages),
         ("workers", pruned.workers),
+        ("events", pruned.events),
     ]
 
 
