@@ -133,17 +133,22 @@ def test_prune_deletes_old_events(conn: Conn) -> None:
 
 
 def _turn(conn: Conn, holder: str, delivered: int = 0, lease: int = 5) -> Row | None:
+    """The turn's row, or None when another holder has the lease."""
     found = rows(
         conn,
         "select * from pgflow.event_relay_turn('test', %s, %s, %s)",
         (holder, lease, delivered),
     )
-    return found[0] if found else None
+    assert len(found) == 1
+    return found[0] if found[0]["last_id"] is not None else None
 
 
 def test_one_holder_at_a_time_and_the_cursor_moves_only_for_it(conn: Conn) -> None:
     first = _turn(conn, "a")
     assert first is not None and first["last_id"] == 0
+    assert first["events_on"] is False
+    _events_on(conn)
+    assert scalar(conn, "select events_on from pgflow.event_relay_turn('test', 'b', 5, 0)")
     assert _turn(conn, "b", delivered=99) is None  # a's lease runs
     again = _turn(conn, "a", delivered=7)
     assert again is not None and again["last_id"] == 7

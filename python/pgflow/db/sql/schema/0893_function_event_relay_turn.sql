@@ -1,14 +1,16 @@
 -- One turn of the event relay of worker `holder` (our addition; see docs/events.md). Takes the
 -- lease of relay `relay` for `lease_seconds` when it is free or has run out, or renews it when
 -- `holder` has it already, then records that the holder delivered every event up to
--- `delivered` (ignored from a holder that did not have the lease). Returns nothing when another
--- holder's lease is running; else one row:
---   last_id: every event up to it was delivered (or dropped); read after it, in id order;
+-- `delivered` (ignored from a holder that did not have the lease). Returns one row:
+--   last_id: every event up to it was delivered (or dropped); read after it, in id order.
+--     NULL while another holder's lease runs (and then so are the next two);
 --   last_assigned, writers: the last event id handed out, and the transactions (virtual ids)
 --     that were writing events then. Events up to last_assigned may be read once none of the
---     writers is still running (a smaller id may still be committed until then).
+--     writers is still running (a smaller id may still be committed until then);
+--   events_on: whether this database keeps events (pgflow._events_on), so that a relay can say
+--     when it will never get any.
 create or replace function pgflow.event_relay_turn(relay text, holder text, lease_seconds int, delivered bigint)
-returns table (last_id bigint, last_assigned bigint, writers text[])
+returns table (last_id bigint, last_assigned bigint, writers text[], events_on boolean)
 language plpgsql
 volatile
 security definer
@@ -26,6 +28,7 @@ begin
     raise exception 'event_relay_turn: lease_seconds must be at least 1, got %',
       coalesce(lease_seconds::text, 'NULL') using errcode = '22023';
   end if;
+  events_on := pgflow._events_on();
   insert into pgflow.event_relay as r (name) values (v_relay) on conflict (name) do nothing;
   update pgflow.event_relay r
      set holder = v_holder,
@@ -37,6 +40,7 @@ begin
      and (r.holder is null or r.holder = v_holder or r.lease_until < now())
   returning r.last_id into v_last;
   if not found then
+    return next;
     return;
   end if;
   -- in this order: a writer that took an id up to last_assigned took its lock before, so it
