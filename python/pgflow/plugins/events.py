@@ -23,7 +23,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from typing import Any, Final
 
 import psycopg
@@ -251,13 +250,3 @@ def _close(conn: psycopg.Connection[Any] | None) -> None:
     if conn is not None:
         with contextlib.suppress(psycopg.Error):
             conn.close()
-
-
-def event_summary(event: Mapping[str, Any]) -> str:
-    """`step:completed run=<id> step=<slug>`: one line naming an event (for logs)."""
-    parts = [str(event.get("event_type", "?")), f"run={event.get('run_id')}"]
-    if "step_slug" in event:
-        parts.append(f"step={event['step_slug']}")
-    if "task_index" in event:
-        parts.append(f"task={event['task_index']}")
-    return " ".join(parts)

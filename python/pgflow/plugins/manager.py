@@ -23,6 +23,7 @@ from pgflow.errors import PluginError
 from pgflow.executors.base import Executor, ExecutorFactory, FlowInputLoader, StepResolver
 from pgflow.plugins import hookspecs
 from pgflow.plugins.hookspecs import Serializer
+from pgflow.plugins.sinks import configured_sinks
 
 if TYPE_CHECKING:
     from pgflow.flow.definition import Flow
@@ -77,6 +78,10 @@ def _build_manager() -> pluggy.PluginManager:
         if not manager.is_blocked(module_name):
             _register(manager, importlib.import_module(module_name), module_name, module_name)
     known = set(BUILTIN_PLUGINS)
+    for name, sink in configured_sinks():  # the builtin event sinks the environment asks for
+        known.add(name)
+        if not manager.is_blocked(name):
+            _register(manager, sink, name, name)
     for entry_point in _entry_points():
         name = entry_point.name
         known.add(name)
