@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from contract_helpers import Conn, rows
 from test_event_relay import FAST, _run_some, events_on  # noqa: F401 (fixture)
@@ -84,3 +86,21 @@ def test_the_builtin_sinks_write_every_event(
     assert first.getMessage() == f"event run:started run={kept[0]['payload']['run_id']}"
     step = next(r for r in records if r.__dict__["event_type"] == "step:completed")
     assert step.getMessage().endswith(" step=a")
+
+
+def test_pgflow_db_events_on_and_off(
+    db_dsn: str, run_pgflow: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    def setting() -> str:
+        with psycopg.connect(db_dsn) as conn:  # a new session sees the database's setting
+            row = conn.execute("select pgflow._events_on()").fetchone()
+        return "on" if row and row[0] else "off"
+
+    assert setting() == "off"
+    done = run_pgflow("db", "events", "on", "--dsn", db_dsn)
+    assert done.returncode == 0, done.stderr
+    assert "events are on in database" in done.stdout
+    assert setting() == "on"
+    done = run_pgflow("db", "events", "off", "--dsn", db_dsn)
+    assert done.returncode == 0, done.stderr
+    assert setting() == "off"
