@@ -11,6 +11,7 @@ from pgflow.cli.parser import EXIT_OK, Subparsers, add_command, add_group, datab
 from pgflow.cli.progress import ticking
 from pgflow.db import embedded
 from pgflow.db.dsn import redact, resolve_dsn
+from pgflow.db.events import set_events
 from pgflow.db.migrations import MigrationStatus, migrate, status
 from pgflow.db.prune import Pruned, prune
 from pgflow.db.roles import CLIENT_ROLE, WORKER_ROLE, grant_roles
@@ -53,6 +54,15 @@ def register(commands: Subparsers) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="count what would be deleted, delete nothing"
     )
+
+    p = add_command(
+        db,
+        "events",
+        cmd_events,
+        "Keep run, step and task events for event sinks (on) or not (off, the default); "
+        "workers started afterwards see it (see docs/events.md).",
+    )
+    p.add_argument("state", choices=("on", "off"))
 
     embedded_commands = add_group(
         db, "embedded", "The embedded PostgreSQL used when no database is configured."
@@ -119,6 +129,13 @@ def cmd_grant(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    dsn = database(args, announce=True)
+    name = set_events(dsn, args.state == "on")
+    print(f"events are {args.state} in database {name}; restart running workers to apply it")
+    return EXIT_OK
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     dsn = database(args, announce=True)
     what = "counting what would go" if args.dry_run else "pruning"
@@ -164,6 +181,7 @@ def _counts(pruned: Pruned) -> list[tuple[str, int]]:
         ("queued messages", pruned.queued_messages),
         ("archived messages", pruned.archived_messages),
         ("workers", pruned.workers),
+        ("events", pruned.events),
     ]
 
 

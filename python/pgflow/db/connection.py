@@ -41,14 +41,20 @@ _FALSE = frozenset({"", "0", "false", "no", "off"})
 
 def pooled() -> bool:
     """True when `PGFLOW_POOLED` says the database is reached through a transaction pooler."""
-    value = os.environ.get(POOLED_ENV, "").strip().lower()
+    return env_flag(POOLED_ENV, "when the database is reached through a pooler in transaction mode")
+
+
+def env_flag(name: str, meaning: str) -> bool:
+    """The yes/no environment variable `name`; `meaning` completes "set it to 1 ..." in the
+    error for a value that is neither."""
+    value = os.environ.get(name, "").strip().lower()
     if value in _TRUE:
         return True
     if value in _FALSE:
         return False
     raise ConfigError(
-        f"{POOLED_ENV}={os.environ[POOLED_ENV]!r} is not a yes/no value: set it to 1 when the "
-        "database is reached through a pooler in transaction mode, else 0 or nothing"
+        f"{name}={os.environ[name]!r} is not a yes/no value: set it to 1 {meaning}, else 0 or "
+        "nothing"
     )
 
 

@@ -27,6 +27,8 @@ class Pruned:
     archived_messages: int
     workers: int
     """Workers whose last heartbeat is older than the cutoff."""
+    events: int
+    """Kept events (pgflow.events) older than the cutoff, those of the pruned runs among them."""
     dry_run: bool
 
     @property
@@ -38,12 +40,13 @@ class Pruned:
             + self.queued_messages
             + self.archived_messages
             + self.workers
+            + self.events
         )
 
 
 def prune(dsn: str, older_than: timedelta, *, dry_run: bool = False) -> Pruned:
-    """Delete finished runs (with their step states, tasks and queued messages), workers and
-    archived queue messages older than `older_than`.
+    """Delete finished runs (with their step states, tasks and queued messages), workers,
+    archived queue messages and kept events older than `older_than`.
 
     `dry_run` runs the same deletion in a transaction that is rolled back, so the counts are
     exactly what a real prune would delete at that moment (the rows it touches stay locked
@@ -75,5 +78,6 @@ def prune(dsn: str, older_than: timedelta, *, dry_run: bool = False) -> Pruned:
         queued_messages=int(counts["queued_messages"]),
         archived_messages=int(counts["archived_messages"]),
         workers=int(counts["workers"]),
+        events=int(counts["events"]),
         dry_run=dry_run,
     )

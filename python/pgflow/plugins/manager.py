@@ -26,6 +26,7 @@ from pgflow.errors import PluginError, one_line
 from pgflow.executors.base import Executor, ExecutorFactory, FlowInputLoader, StepResolver
 from pgflow.plugins import hookspecs
 from pgflow.plugins.hookspecs import Serializer
+from pgflow.plugins.sinks import configured_sinks
 
 if TYPE_CHECKING:
     from pgflow.flow.definition import Flow
@@ -92,6 +93,13 @@ def _candidates() -> list[_Candidate]:
         _Candidate(name, "builtin", functools.partial(importlib.import_module, name))
         for name in BUILTIN_PLUGINS
     ]
+    # the builtin event sinks the environment asks for (PGFLOW_EVENTS_LOG, PGFLOW_EVENTS_JSONL)
+    found += [
+        _Candidate(
+            name, "builtin event sink (set by the environment)", functools.partial(_same, sink)
+        )
+        for name, sink in configured_sinks()
+    ]
     found += [_Candidate(ep.name, _describe_entry_point(ep), ep.load) for ep in _entry_points()]
     found += [
         _Candidate(
@@ -102,6 +110,10 @@ def _candidates() -> list[_Candidate]:
         for name in _listed_modules()
     ]
     return found
+
+
+def _same(value: object) -> object:
+    return value
 
 
 def _build_manager() -> PgflowPluginManager:

@@ -1,8 +1,7 @@
 -- Sends one event. With Supabase's realtime.send present, every event also goes there, so
--- clients of the contract see runs that our workers execute; our own delivery to Python is a
--- NOTIFY on channel pgflow_events when the setting pgflow.events is 'on' (per database: alter
--- database ... set pgflow.events = 'on'). It is off by default: NOTIFY serializes commits, and
--- costs about half of the throughput of short tasks.
+-- clients of the contract see runs that our workers execute, with the payload as given. When
+-- our events are on (pgflow._events_on), the event is also kept in pgflow.events, with the
+-- run's flow_slug, for the workers' event relay.
 create or replace function pgflow._emit(p_run_id uuid, p_event_name text, p_payload jsonb)
 returns void
 language plpgsql
@@ -10,20 +9,18 @@ volatile
 set search_path = pg_catalog, pg_temp
 as $$
 declare
-  v_text text;
+  v_flow text;
 begin
   if to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null then
     perform realtime.send(p_payload, p_event_name, 'pgflow:run:' || p_run_id::text, false);
   end if;
-  if coalesce(current_setting('pgflow.events', true), '') = 'on' then
-    v_text := p_payload::text;
-    -- NOTIFY payloads are limited to 8000 bytes: large inputs and outputs stay in the tables
-    if octet_length(v_text) > 7900 then
-      v_text := (p_payload - 'input' - 'output' || jsonb_build_object('truncated', true))::text;
+  if pgflow._events_on() then
+    v_flow := p_payload ->> 'flow_slug';
+    if v_flow is null then
+      -- step events of pgflow's shape do not carry it; the caller holds the run's row already
+      select r.flow_slug into v_flow from pgflow.runs r where r.run_id = p_run_id;
     end if;
-    if octet_length(v_text) <= 7900 then
-      perform pg_notify('pgflow_events', v_text);
-    end if;
+    perform pgflow._store_event(p_run_id, v_flow, p_payload);
   end if;
 end;
 $$;

@@ -1,6 +1,6 @@
--- Whether events must be built at all: for Supabase's realtime.send, or for our NOTIFY when the
--- database enables it (alter database ... set pgflow.events = 'on'). PL/pgSQL rather than SQL:
--- a SQL function with a SET clause is not inlined, and is parsed and planned at every call.
+-- Whether events must be built at all: for Supabase's realtime.send, or for our own
+-- (pgflow._events_on). PL/pgSQL rather than SQL: a SQL function with a SET clause is not
+-- inlined, and is parsed and planned at every call.
 create or replace function pgflow._events_enabled()
 returns boolean
 language plpgsql
@@ -9,6 +9,6 @@ set search_path = pg_catalog, pg_temp
 as $$
 begin
   return to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null
-      or coalesce(current_setting('pgflow.events', true), '') = 'on';
+      or pgflow._events_on();
 end;
 $$;

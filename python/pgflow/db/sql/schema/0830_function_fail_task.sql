@@ -18,6 +18,7 @@ declare
   v_task pgflow.step_tasks;
   v_max_attempts int;
   v_base_delay int;
+  v_delay int;
 begin
   if fail_task.retry is not null and fail_task.retry not in ('backoff', 'now', 'never') then
     raise exception 'fail_task: retry must be ''backoff'', ''now'' or ''never'', got %',
@@ -40,10 +41,21 @@ begin
            started_at = null
      where t.run_id = fail_task.run_id and t.step_slug = fail_task.step_slug
        and t.task_index = fail_task.task_index;
-    perform pgflow.set_vt_batch(
-      v_task.flow_slug, array[v_task.message_id],
-      array[case when fail_task.retry = 'now' then 0
-                 else pgflow.calculate_retry_delay(v_base_delay, v_task.attempts_count) end]);
+    v_delay := case when fail_task.retry = 'now' then 0
+                    else pgflow.calculate_retry_delay(v_base_delay, v_task.attempts_count) end;
+    perform pgflow.set_vt_batch(v_task.flow_slug, array[v_task.message_id], array[v_delay]);
+    -- ours only (pgflow sends nothing on a retry, so realtime.send does not get it)
+    if pgflow._events_on() then
+      perform pgflow._store_event(fail_task.run_id, v_task.flow_slug, jsonb_build_object(
+        'event_type', 'task:retrying',
+        'run_id', fail_task.run_id,
+        'step_slug', fail_task.step_slug,
+        'task_index', fail_task.task_index,
+        'status', 'queued',
+        'attempt', v_task.attempts_count,
+        'error_message', fail_task.error_message,
+        'retry_in_seconds', v_delay));
+    end if;
   else
     perform pgflow._task_exhausted(fail_task.run_id, fail_task.step_slug, fail_task.task_index,
                                    fail_task.error_message);

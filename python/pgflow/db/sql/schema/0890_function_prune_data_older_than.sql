@@ -1,7 +1,8 @@
 -- Deletes what is older than the interval: finished runs with their step states, tasks and
 -- any of their messages still in a flow's queue; workers whose last heartbeat is older (a
 -- crashed worker never stops, and goes all the same; a live one registers again at its next
--- heartbeat); archived messages. Returns what it deleted, per kind (pgflow's returns nothing).
+-- heartbeat); archived messages; kept events (pgflow.events: those of the pruned runs, and any
+-- other event as old). Returns what it deleted, per kind (pgflow's returns nothing).
 create or replace function pgflow.prune_data_older_than(retention_interval interval)
 returns jsonb
 language plpgsql
@@ -14,6 +15,7 @@ declare
   v_tasks int;
   v_states int;
   v_workers int;
+  v_events int;
   v_messages bigint := 0;
   v_n bigint;
   v_queue text;
@@ -45,6 +47,9 @@ begin
   get diagnostics v_states = row_count;
   delete from pgflow.runs r where r.run_id = any (v_runs);
 
+  delete from pgflow.events e where e.created_at < v_cutoff;
+  get diagnostics v_events = row_count;
+
   delete from pgflow.workers w where w.last_heartbeat_at < v_cutoff;
   get diagnostics v_workers = row_count;
 
@@ -58,6 +63,6 @@ begin
 
   return jsonb_build_object('runs', cardinality(v_runs), 'step_states', v_states, 'step_tasks', v_tasks,
                             'workers', v_workers, 'queued_messages', v_queued,
-                            'archived_messages', v_messages);
+                            'archived_messages', v_messages, 'events', v_events);
 end;
 $$;

@@ -52,6 +52,8 @@ begin
     grant execute on function pgflow.send_heartbeat(uuid) to pgflow_worker;
     grant execute on function pgflow.mark_worker_stopped(uuid) to pgflow_worker;
     grant execute on function pgflow.requeue_stalled_tasks() to pgflow_worker;
+    grant execute on function pgflow.event_relay_turn(text, text, int, bigint) to pgflow_worker;
+    grant execute on function pgflow.release_event_relay(text, text, bigint) to pgflow_worker;
   end if;
 end;
 $$;
