@@ -110,7 +110,9 @@ PGFLOW_CONSTRAINTS = {
 # Ours only, each listed in docs/sql-api.md.
 OUR_EXTRA_CONSTRAINTS = {
     "flows": {"slug_length_fits_queue_name"},
-    # our own table (a flow's serializer)
+    # our own tables: kept events, the event relay's lease and cursor, a flow's serializer
+    "events": {"events_pkey"},
+    "event_relay": {"event_relay_pkey", "last_id_is_nonnegative"},
     "flow_serializers": {
         "flow_serializers_pkey",
         "flow_serializers_flow_slug_fkey",
