@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +137,31 @@ def test_a_bad_port_is_a_one_line_error_saying_what_to_set(
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith(f"{PORT_ENV}={value!r} is not a port number: set it to a port")
+
+
+def test_a_worker_with_a_bad_port_logs_one_error_line_and_runs_without_metrics(
+    workers: WorkerPool, conn: psycopg.Connection[Any]
+) -> None:
+    assert workers.env is not None
+    workers.env[PORT_ENV] = "http"
+    worker = workers.start([MANY], conn=conn)
+    run_id = start_run(conn, "acc_many", [1, 2])
+    assert wait_for_run(conn, run_id, details=worker.describe)[0] == "completed"
+    log = worker.log()
+    assert f"no Prometheus metrics: {PORT_ENV}='http' is not a port number: set it to a port" in log
+    assert "Traceback" not in log and "serving Prometheus metrics" not in log
+
+
+def test_a_port_in_use_is_one_error_line_naming_it(
+    workers: WorkerPool, conn: psycopg.Connection[Any]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert workers.env is not None
+        workers.env[PORT_ENV] = str(port)
+        worker = workers.start([MANY], conn=conn)
+        worker.wait_for_log(f"no Prometheus metrics: cannot listen on port {port}")
+    assert "Traceback" not in worker.log()
+    assert worker.alive()
