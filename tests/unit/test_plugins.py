@@ -311,8 +311,10 @@ def test_worker_lifecycle_hooks() -> None:
 
     class Watcher:
         @hookimpl
-        def pgflow_worker_started(self, workers: Mapping[str, str], flows: Sequence[Flow]) -> None:
-            calls.append(("started", (dict(workers), [flow.slug for flow in flows])))
+        def pgflow_worker_started(
+            self, workers: Mapping[str, str], flows: Sequence[Flow], dsn: str
+        ) -> None:
+            calls.append(("started", (dict(workers), [flow.slug for flow in flows], dsn)))
 
         @hookimpl
         def pgflow_worker_stopped(self, workers: Mapping[str, str]) -> None:
@@ -328,11 +330,13 @@ def test_worker_lifecycle_hooks() -> None:
     manager.register(Watcher(), name="watcher")
     manager.register(IdsOnly(), name="ids-only")
     workers = {"first_flow": "w-1", "second_flow": "w-2"}
-    plugins.fire_worker_started(workers, [Flow("first_flow"), Flow("second_flow")])
+    plugins.fire_worker_started(
+        workers, [Flow("first_flow"), Flow("second_flow")], "postgresql://db.example/pgflow"
+    )
     plugins.fire_worker_stopped(workers)
     assert calls == [  # pluggy calls the newest plugin first
         ("ids only", ["w-1", "w-2"]),
-        ("started", (workers, ["first_flow", "second_flow"])),
+        ("started", (workers, ["first_flow", "second_flow"], "postgresql://db.example/pgflow")),
         ("stopped", workers),
     ]
 

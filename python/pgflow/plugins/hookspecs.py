@@ -94,11 +94,13 @@ def pgflow_event(event: Mapping[str, Any]) -> None:
 
 
 @hookspec
-def pgflow_worker_started(workers: Mapping[str, str], flows: Sequence[Flow]) -> None:
+def pgflow_worker_started(workers: Mapping[str, str], flows: Sequence[Flow], dsn: str) -> None:
     """A worker process registered itself and is about to claim tasks of `flows`.
 
     Called once per worker process. `workers` maps each flow's slug to the worker id (a UUID in
-    text form) the process registered for it: the database knows a worker per flow.
+    text form) the process registered for it: the database knows a worker per flow. `dsn` is
+    the database the worker uses (password included: redact it before logging it), for a plugin
+    that wants a connection of its own.
     """
 
 

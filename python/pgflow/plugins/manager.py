@@ -475,9 +475,9 @@ def task_hooks() -> TaskHooks:
     )
 
 
-def fire_worker_started(workers: Mapping[str, str], flows: Sequence[Flow]) -> None:
-    """`workers`: flow slug -> worker id, of one worker process."""
-    _notify(_hook("pgflow_worker_started"), workers=workers, flows=flows)
+def fire_worker_started(workers: Mapping[str, str], flows: Sequence[Flow], dsn: str) -> None:
+    """`workers`: flow slug -> worker id, of one worker process; `dsn`: its database."""
+    _notify(_hook("pgflow_worker_started"), workers=workers, flows=flows, dsn=dsn)
 
 
 def fire_worker_stopped(workers: Mapping[str, str]) -> None:

@@ -269,7 +269,7 @@ class Worker:
             "per-task" if self.options.per_task else "batched",
             redact(self.dsn),
         )
-        fire_worker_started(self._worker_id_texts(), list(self.flows.values()))
+        fire_worker_started(self._worker_id_texts(), list(self.flows.values()), self.dsn)
         self._started.set()
         try:
             self._loop()
