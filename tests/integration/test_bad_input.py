@@ -9,32 +9,14 @@ from typing import Any
 import bad_input_flows as flows
 import pytest
 from contract_helpers import Conn, rows
-from worker_helpers import CONCURRENCY, POLL_INTERVAL, Mode, RunningWorker, modes
+from worker_helpers import Mode, modes, start_worker
 
 from pgflow.client import Client
 from pgflow.errors import ConfigError, FlowDefinitionError
 from pgflow.flow import Flow
-from pgflow.worker import Worker, WorkerOptions
+from pgflow.worker import WorkerOptions
 
 LIMIT = 1000
-
-
-def _start(flow: Flow, dsn: str, mode: Mode, **options: Any) -> RunningWorker:
-    name = next(n for n, value in vars(flows).items() if value is flow)
-    running = RunningWorker(
-        Worker(
-            [f"bad_input_flows:{name}"],
-            dsn=dsn,
-            executor=mode.executor,
-            per_task=mode.per_task,
-            concurrency=CONCURRENCY[mode.executor],
-            poll_interval=POLL_INTERVAL,
-            install_signal_handlers=False,
-            **options,
-        )
-    )
-    running.start()
-    return running
 
 
 def _task(conn: Conn, run_id: str) -> dict[str, Any]:
@@ -50,7 +32,7 @@ def _task(conn: Conn, run_id: str) -> dict[str, Any]:
 def test_outputs_that_cannot_be_stored_fail_their_task_at_once(
     db_dsn: str, conn: Conn, mode: Mode
 ) -> None:
-    worker = _start(flows.bad_results, db_dsn, mode, max_output_bytes=LIMIT)
+    worker = start_worker([flows.bad_results], db_dsn, mode, max_output_bytes=LIMIT)
     try:
         with Client(db_dsn) as client:
             runs = {
@@ -103,7 +85,7 @@ SQL_SHAPED = [
 
 def test_inputs_shaped_like_sql_are_data(db_dsn: str, conn: Conn) -> None:
     payload = {"texts": SQL_SHAPED, SQL_SHAPED[0]: SQL_SHAPED[1]}
-    worker = _start(flows.echo, db_dsn, Mode("thread"))
+    worker = start_worker([flows.echo], db_dsn, Mode("thread"))
     try:
         with Client(db_dsn) as client:
             run = worker.finish(client, client.start(flows.echo, payload))
@@ -118,7 +100,7 @@ def test_inputs_shaped_like_sql_are_data(db_dsn: str, conn: Conn) -> None:
 
 def test_a_huge_input_is_carried_whole(db_dsn: str) -> None:
     payload = {"blob": "y" * (8 * 1024 * 1024), "items": list(range(50_000))}
-    worker = _start(flows.echo, db_dsn, Mode("thread"), max_output_bytes=64 * 1024 * 1024)
+    worker = start_worker([flows.echo], db_dsn, Mode("thread"), max_output_bytes=64 * 1024 * 1024)
     try:
         with Client(db_dsn) as client:
             run = worker.finish(client, client.start(flows.echo, payload))

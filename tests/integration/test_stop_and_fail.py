@@ -21,37 +21,13 @@ from contract_helpers import Conn, rows, seconds_until_visible
 from worker_helpers import (
     ALL_MODES,
     BATCHED,
-    CONCURRENCY,
-    POLL_INTERVAL,
     Mode,
-    RunningWorker,
     modes,
+    start_worker,
     wait_until,
 )
 
 from pgflow.client import Client
-from pgflow.flow import Flow
-from pgflow.worker import Worker
-
-
-def _start(flow: Flow, dsn: str, mode: Mode, **options: Any) -> RunningWorker:
-    settings: dict[str, Any] = {
-        "dsn": dsn,
-        "executor": mode.executor,
-        "per_task": mode.per_task,
-        "concurrency": CONCURRENCY[mode.executor],
-        "poll_interval": POLL_INTERVAL,
-        "shutdown_grace": 5.0,
-        "install_signal_handlers": False,
-        **options,
-    }
-    running = RunningWorker(Worker([f"retry_flows:{_name(flow)}"], **settings))
-    running.start()
-    return running
-
-
-def _name(flow: Flow) -> str:
-    return next(name for name, value in vars(flows).items() if value is flow)
 
 
 def _tasks(conn: Conn, run_id: str) -> list[dict[str, Any]]:
@@ -68,7 +44,7 @@ def _tasks(conn: Conn, run_id: str) -> list[dict[str, Any]]:
 
 @modes(*ALL_MODES)
 def test_fail_skips_the_attempts_left(db_dsn: str, conn: Conn, mode: Mode) -> None:
-    worker = _start(flows.refuse, db_dsn, mode)
+    worker = start_worker([flows.refuse], db_dsn, mode)
     try:
         with Client(db_dsn) as client:
             run = worker.run_flow(client, flows.refuse, {"id": 7})
@@ -84,7 +60,7 @@ def test_fail_skips_the_attempts_left(db_dsn: str, conn: Conn, mode: Mode) -> No
 
 @modes(*BATCHED)
 def test_fail_applies_when_exhausted(db_dsn: str, conn: Conn, mode: Mode) -> None:
-    worker = _start(flows.refuse_skip, db_dsn, mode)
+    worker = start_worker([flows.refuse_skip], db_dsn, mode)
     try:
         with Client(db_dsn) as client:
             run = worker.run_flow(client, flows.refuse_skip, {})
@@ -107,7 +83,7 @@ def test_fail_applies_when_exhausted(db_dsn: str, conn: Conn, mode: Mode) -> Non
 def test_an_input_that_does_not_fit_its_type_fails_at_once(
     db_dsn: str, conn: Conn, mode: Mode
 ) -> None:
-    worker = _start(flows.typed_root, db_dsn, mode)
+    worker = start_worker([flows.typed_root], db_dsn, mode)
     try:
         with Client(db_dsn) as client:
             run_id = client.start(flows.typed_root.slug, {"amount": "ten", "currency": "EUR"})
@@ -130,7 +106,7 @@ def test_a_stopping_worker_gives_its_tasks_back_at_once(
 ) -> None:
     gate = tmp_path / "gate"
     items = [{"n": 0, "gate": str(gate)}, {"n": 1}, {"n": 2}]
-    first = _start(flows.outlast, db_dsn, mode, concurrency=1, shutdown_grace=0.5)
+    first = start_worker([flows.outlast], db_dsn, mode, concurrency=1, shutdown_grace=0.5)
     try:
         with Client(db_dsn) as client:
             run_id = client.start(flows.outlast, items)
@@ -152,7 +128,7 @@ def test_a_stopping_worker_gives_its_tasks_back_at_once(
                     assert (
                         seconds_until_visible(conn, flows.outlast.slug, waiting["message_id"]) <= 0
                     )
-            second = _start(flows.outlast, db_dsn, mode)
+            second = start_worker([flows.outlast], db_dsn, mode)
             try:
                 run = second.finish(client, run_id)
             finally:
@@ -173,7 +149,7 @@ def test_a_task_longer_than_any_grace_period_ends_with_its_attempts(
         with Client(db_dsn) as client:
             run_id = client.start(flows.forever, {"gate": str(gate)})
             for attempt in (1, 2):
-                worker = _start(flows.forever, db_dsn, mode, shutdown_grace=0.2)
+                worker = start_worker([flows.forever], db_dsn, mode, shutdown_grace=0.2)
                 wait_until(
                     lambda attempt=attempt: (  # type: ignore[misc]
                         _tasks(conn, run_id)[0]["status"] == "started"

@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import bad_input_flows
 import pytest
+import retry_flows
 import worker_flows
 
 from pgflow.client import Client, Run, RunFailed, StepState, TaskState, WaitTimeout
@@ -56,12 +58,17 @@ def modes(*selected: Mode) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("mode", selected, ids=[m.id for m in selected])
 
 
+# the modules of module-level flows that child processes can import
+FLOW_MODULES = (worker_flows, retry_flows, bad_input_flows)
+
+
 def flow_ref(flow: Flow) -> str:
-    """The "module:attribute" of a flow in `worker_flows`, which child processes import."""
-    for name, value in vars(worker_flows).items():
-        if value is flow:
-            return f"{worker_flows.__name__}:{name}"
-    raise AssertionError(f"flow {flow.slug!r} is not defined at module level in worker_flows")
+    """The "module:attribute" of a flow in one of `FLOW_MODULES`, which child processes import."""
+    for module in FLOW_MODULES:
+        for name, value in vars(module).items():
+            if value is flow:
+                return f"{module.__name__}:{name}"
+    raise AssertionError(f"flow {flow.slug!r} is not defined at module level in {FLOW_MODULES}")
 
 
 class RunningWorker:
