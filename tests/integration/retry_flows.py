@@ -67,9 +67,15 @@ outlast = Flow("rt_outlast", max_attempts=2, base_delay=60, timeout=LONG_TIMEOUT
 
 @outlast.map()
 def hold(item: Any, ctx: Context) -> int:
-    """Waits for its gate file (when it has one) on its first attempt only."""
+    """Waits for its gate file (when it has one) on its first attempt only.
+
+    It touches its `running` file first, so a test knows the handler itself has begun: a task's
+    `started` status only says it was claimed, and it may still wait in an executor's queue.
+    """
     gate = item.get("gate")
     if gate and ctx.attempt == 1:
+        if item.get("running"):
+            Path(item["running"]).touch()
         deadline = time.monotonic() + 120
         while not Path(gate).exists():
             if time.monotonic() > deadline:

@@ -104,16 +104,15 @@ def test_an_input_that_does_not_fit_its_type_fails_at_once(
 def test_a_stopping_worker_gives_its_tasks_back_at_once(
     db_dsn: str, conn: Conn, mode: Mode, tmp_path: Path
 ) -> None:
-    gate = tmp_path / "gate"
-    items = [{"n": 0, "gate": str(gate)}, {"n": 1}, {"n": 2}]
+    gate, running = tmp_path / "gate", tmp_path / "running"
+    items = [{"n": 0, "gate": str(gate), "running": str(running)}, {"n": 1}, {"n": 2}]
     first = start_worker([flows.outlast], db_dsn, mode, concurrency=1, shutdown_grace=0.5)
     try:
         with Client(db_dsn) as client:
             run_id = client.start(flows.outlast, items)
-            wait_until(
-                lambda: _tasks(conn, run_id)[0]["status"] == "started",
-                "task 0 running on the first worker",
-            )
+            # the handler itself, not only the task's status: a claimed task may still wait in
+            # the executor, and then it is given back without an attempt
+            wait_until(running.exists, "task 0's handler running on the first worker")
             first.stop()
             back = _tasks(conn, run_id)
             # the running task: its attempt failed, and it is queued again without backoff
