@@ -193,7 +193,7 @@ T = TypeVar("T")
 
 
 def pgflow_command() -> list[str]:
-    """The installed `pgflow` command (as tests/conftest.py's `run_pgflow` finds it)."""
+    """The installed `pgflow` command (as conftest.py's `run_pgflow` finds it)."""
     script = Path(sys.executable).with_name("pgflow")
     if script.exists():
         return [str(script)]

@@ -1,27 +1,14 @@
-"""The project's test fixtures (tests/conftest.py: a fresh database per test, `db_dsn`, `conn`)
-and acceptance helpers (tests/acceptance/acceptance_flows.py), shared rather than copied: this
-plugin is tested in the pgflow repository, against the pgflow next to it."""
+"""The database fixtures (`db_dsn`, `conn`, ...) come from the repository's root conftest.py,
+which pytest applies to every test below it; this plugin is tested in the pgflow repository,
+against the pgflow next to it. Here: the acceptance helpers and the plugin's own source made
+importable (whether or not the plugin is installed: `pip install -e` in CI)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-ACCEPTANCE = REPO / "tests" / "acceptance"
-# the plugin's source, importable whether or not it is installed (`pip install -e` in CI)
-SRC = Path(__file__).resolve().parents[1] / "src"
-for path in (ACCEPTANCE, SRC):
+for path in (REPO / "tests" / "acceptance", Path(__file__).resolve().parents[1] / "src"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
-
-_spec = importlib.util.spec_from_file_location(
-    "pgflow_tests_conftest", REPO / "tests" / "conftest.py"
-)
-assert _spec is not None and _spec.loader is not None
-_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_fixtures)
-globals().update(
-    {name: value for name, value in vars(_fixtures).items() if not name.startswith("__")}
-)

@@ -1,4 +1,5 @@
-"""Fixtures shared by every test.
+"""Fixtures shared by every test: the project's (tests/) and the plugins' (plugins/*/tests),
+which is why this file sits at the repository root rather than in tests/.
 
 Which PostgreSQL the tests use
     PGFLOW_TEST_DSN set: that server. The DSN must name a role allowed to create and drop
