@@ -8,6 +8,8 @@ import importlib.metadata
 import os
 import re
 import socket
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,3 +167,23 @@ def test_a_port_in_use_is_one_error_line_naming_it(
         worker.wait_for_log(f"no Prometheus metrics: cannot listen on port {port}")
     assert "Traceback" not in worker.log()
     assert worker.alive()
+
+
+@pytest.mark.parametrize(("port", "implemented"), [(None, False), ("0", True)])
+def test_task_hooks_are_implemented_only_when_the_port_is_set(
+    port: str | None, implemented: bool
+) -> None:
+    # In a fresh interpreter: the module decides at import, as a worker process imports it.
+    env = {k: v for k, v in os.environ.items() if k != PORT_ENV}
+    if port is not None:
+        env[PORT_ENV] = port
+    probe = (
+        "from pgflow.plugins.manager import task_hooks\n"
+        "hooks = task_hooks()\n"
+        "print([h is not None for h in (hooks.claimed, hooks.finished, hooks.failed)])\n"
+    )
+    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == str([implemented] * 3)

@@ -1,6 +1,7 @@
 """Prometheus metrics for pgflow workers (a pgflow plugin, entry point `prometheus`).
 
-Nothing happens unless `PGFLOW_PROMETHEUS_PORT` is set: then each worker process serves, on that
+Nothing happens unless `PGFLOW_PROMETHEUS_PORT` is set (without it the task hooks are not even
+implemented, so a worker skips them): then each worker process serves, on that
 port (0: a free one, logged), its own task counters and durations, plus, in one elected worker
 of the database, the fleet-wide gauges (see `fleet_gauges`).
 """
@@ -119,3 +120,10 @@ def pgflow_task_failed(
 ) -> None:
     if _metrics is not None:
         _metrics.task_failed(flow_slug, step_slug, duration_seconds, will_retry)
+
+
+if not os.environ.get(PORT_ENV, "").strip():
+    # Installed but not configured: no task hooks at all. A worker calls a task hook only when
+    # some plugin implements it (it asks once, at start), so this plugin then costs nothing per
+    # task. The environment is read at import, which is when a worker process loads its plugins.
+    del pgflow_task_claimed, pgflow_task_finished, pgflow_task_failed
