@@ -254,6 +254,22 @@ def test_the_type_adapter_builds_annotations_with_models() -> None:
         assert converter.from_value(json.loads(raw)) == expected
 
 
+class Later(pydantic.BaseModel):
+    part: Undefined  # type: ignore[name-defined]  # noqa: F821
+
+
+def test_a_model_that_is_not_fully_defined_fails_when_the_step_is_defined() -> None:
+    flow = Flow("pyd_later")
+    with pytest.raises(FlowDefinitionError) as caught:
+
+        @flow.step()
+        def use(value: Later) -> None:
+            return None
+
+    assert "type adapter 'pydantic': PydanticUndefinedAnnotation" in str(caught.value)
+    assert "Undefined" in str(caught.value)
+
+
 def test_the_type_adapter_leaves_classes_pydantic_does_not_know() -> None:
     class Opaque:
         pass

@@ -84,9 +84,13 @@ def _schema_of(annotation: Any) -> pydantic.TypeAdapter[Any] | None:
     """A `TypeAdapter` for the annotation, or None when pydantic has no schema for it (a class
     neither pydantic nor msgspec knows: not ours to take)."""
     try:
-        return pydantic.TypeAdapter(annotation)
+        adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(annotation)
     except pydantic.PydanticSchemaGenerationError:
         return None
+    # A model that refers to types not defined yet would only fail on its first input: make it
+    # fail now, when the step is defined, naming what is missing.
+    adapter.rebuild(raise_errors=True)
+    return adapter
 
 
 class PydanticTypes:
