@@ -13,11 +13,23 @@ every hook with its signature.
 from __future__ import annotations
 
 from pgflow.plugins.hookspecs import (
+    InputConverter,
     RegisterExecutor,
     RegisterSerializer,
+    RegisterTypeAdapter,
     Serializer,
+    TypeAdapter,
     hookimpl,
     hookspec,
 )
 
-__all__ = ["RegisterExecutor", "RegisterSerializer", "Serializer", "hookimpl", "hookspec"]
+__all__ = [
+    "InputConverter",
+    "RegisterExecutor",
+    "RegisterSerializer",
+    "RegisterTypeAdapter",
+    "Serializer",
+    "TypeAdapter",
+    "hookimpl",
+    "hookspec",
+]

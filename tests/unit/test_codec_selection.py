@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import pgflow
-from pgflow import codec, errors
+from pgflow import codec, errors, plugins
 from pgflow.codec import fallback
 
 _core = pytest.importorskip("pgflow._core")
@@ -26,6 +26,8 @@ def reload_codec(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch
     yield monkeypatch
     monkeypatch.undo()
     importlib.reload(codec)
+    # a reload forgets what the plugins layer installed when pgflow was imported
+    codec.use_unknown_encoder(plugins.manager.encode_unknown)
 
 
 def test_rust_is_used_when_built(reload_codec: pytest.MonkeyPatch) -> None:

@@ -32,6 +32,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"  executors: {', '.join(info.executors)}")
         if info.serializers:
             print(f"  serializers: {', '.join(info.serializers)}")
+        if info.type_adapters:
+            print(f"  type adapters: {', '.join(info.type_adapters)}")
         if info.hooks:
             print(f"  hooks: {', '.join(info.hooks)}")
     failed = [info.name for info in found if info.error]

@@ -4,7 +4,10 @@ Raw inputs are assembled by the Rust core `pgflow._core` when it is built, else 
 fallback (`PGFLOW_NO_RUST=1` forces it); both raise the exceptions of `pgflow.errors`. msgspec
 does the decoding (to Python values, or straight into a typed handler's type) and the encoding,
 with one reused `Encoder` that writes Structs, dataclasses, enums, datetimes, UUIDs and Decimals
-directly: it measured faster than the alternatives (benches/bench_core.py).
+directly: it measured faster than the alternatives (benches/bench_core.py). Values of other types
+go to `encode_unknown`, which asks the type adapters plugins register (installed here by the
+plugins layer, `use_unknown_encoder`): msgspec calls it only for types it does not know, so the
+values it writes itself cost nothing more.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ __all__ = [
     "decode_json",
     "decode_many",
     "encode_outputs",
+    "encode_unknown",
     "encode_value",
     "use_rust",
+    "use_unknown_encoder",
 ]
 
 _rust: ModuleType | None
@@ -77,7 +82,30 @@ def assemble_and_decode(tasks: Iterable[TaskSpec], blobs: Blobs) -> list[Any]:
 
 # -- outputs ----------------------------------------------------------------------------------
 
-_encoder: Final = msgspec.json.Encoder()
+UnknownEncoder = Callable[[Any], Any]
+"""`value -> a value msgspec can write`, for a value of a type msgspec does not know; raises
+`TypeError` when nothing knows it."""
+
+_unknown_encoder: UnknownEncoder | None = None
+
+
+def use_unknown_encoder(encoder: UnknownEncoder) -> None:
+    """Install what turns values of types msgspec does not know into ones it does (the plugins
+    layer installs its type adapters' encoders)."""
+    global _unknown_encoder
+    _unknown_encoder = encoder
+
+
+def encode_unknown(value: Any) -> Any:
+    """msgspec's `enc_hook`: a value of a type msgspec cannot write, as one it can."""
+    encoder = _unknown_encoder
+    if encoder is None:
+        # msgspec's own words when it has no hook
+        raise TypeError(f"Encoding objects of type {type(value).__name__} is unsupported")
+    return encoder(value)
+
+
+_encoder: Final = msgspec.json.Encoder(enc_hook=encode_unknown)
 # the escape of U+0000, which jsonb refuses to store: not preceded by an escaped backslash
 _NUL_ESCAPE: Final = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 

@@ -3,8 +3,11 @@
 A handler takes the task input and, optionally, a context: `def handler(input)` or
 `def handler(input, ctx)`, sync or `async def`. When the input parameter is annotated with a type
 msgspec can build from JSON (a Struct, dataclass, TypedDict, `int`, `list[Item]`, ...), the input is
-converted to that type before the call. Everything about the handler that can be decided once is
-decided here at definition time, so a call does no introspection.
+converted to that type before the call. Other annotations (a pydantic model, ...) are handed to the
+type adapters plugins register (`pgflow_register_type_adapters`), found through a lookup the
+plugins layer installs here (`use_type_adapters`): this layer sits below the plugins and must not
+import them. Everything about the handler that can be decided once is decided here at definition
+time, so a call does no introspection.
 """
 
 from __future__ import annotations
@@ -16,16 +19,18 @@ import re
 import types
 import typing
 from collections.abc import Callable, Coroutine
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import msgspec
 import msgspec.inspect
 
+from pgflow.codec import encode_unknown
 from pgflow.errors import (
     ExecutorError,
     FlowDefinitionError,
     HandlerOutputError,
     InputValidationError,
+    one_line,
 )
 from pgflow.flow.validation import describe
 
@@ -39,10 +44,41 @@ _JSON_SCALARS: Final = (str, int, float, bool, type(None))
 _ANY_DECODER: Final = msgspec.json.Decoder()
 
 
+class InputConverter(Protocol):
+    """Builds a handler's typed input; made by a plugin's type adapter, once per handler.
+
+    Both methods raise `ValueError` (pydantic's `ValidationError` is one) for input that does not
+    fit, with a message saying what and where; the task then fails without retries.
+    """
+
+    def from_json(self, raw: bytes | str) -> Any:
+        """The input from its JSON text (what a worker claims)."""
+        ...
+
+    def from_value(self, value: Any) -> Any:
+        """The input from JSON-shaped Python values, or from a value already of the type (which
+        it should hand back cheaply)."""
+        ...
+
+
+InputTypeLookup = Callable[[Any], InputConverter]
+"""`annotation -> converter` from the type adapters plugins register. Raises `LookupError`, saying
+why, when none handles the annotation; any other exception is an adapter that failed."""
+
+_type_lookup: InputTypeLookup | None = None
+
+
+def use_type_adapters(lookup: InputTypeLookup) -> None:
+    """Install the lookup of plugins' type adapters (the plugins layer does, when imported)."""
+    global _type_lookup
+    _type_lookup = lookup
+
+
 class HandlerSpec:
     """What was learnt about a handler when its step was defined."""
 
     __slots__ = (
+        "_converter",
         "_decoder",
         "_flow_slug",
         "_step_slug",
@@ -73,11 +109,16 @@ class HandlerSpec:
         self.function = function
         self.is_async = _is_async(function)
         first, self.accepts_context = _analyse_signature(where, flow_slug, step_slug, function)
-        self.input_type = (
-            None if first is None else _input_type(where, flow_slug, step_slug, function, first)
+        typed: tuple[Any, InputConverter | None] = (
+            (None, None)
+            if first is None
+            else _input_type(where, flow_slug, step_slug, function, first)
         )
+        self.input_type, self._converter = typed
         self._decoder: msgspec.json.Decoder[Any] = (
-            _ANY_DECODER if self.input_type is None else msgspec.json.Decoder(self.input_type)
+            _ANY_DECODER
+            if self.input_type is None or self._converter is not None
+            else msgspec.json.Decoder(self.input_type)
         )
 
     # -- input ---------------------------------------------------------------------------------
@@ -85,18 +126,35 @@ class HandlerSpec:
     def convert_input(self, value: Any) -> Any:
         if self.input_type is None:
             return value
+        if self._converter is not None:
+            return self._adapted(self._converter.from_value, value)
         try:
             return msgspec.convert(value, type=self.input_type)
         except msgspec.ValidationError as exc:
             raise self._input_error(str(exc)) from exc
 
     def convert_input_raw(self, raw: bytes | bytearray | memoryview | str) -> Any:
+        if self._converter is not None:
+            text = raw if isinstance(raw, (bytes, str)) else bytes(raw)
+            return self._adapted(self._converter.from_json, text)
         try:
             return self._decoder.decode(raw)
         except msgspec.ValidationError as exc:
             raise self._input_error(str(exc)) from exc
         except msgspec.DecodeError as exc:
             raise self._input_error(f"the input is not valid JSON: {exc}") from exc
+
+    def _adapted(self, convert: Callable[[Any], Any], value: Any) -> Any:
+        try:
+            return convert(value)
+        except ValueError as exc:
+            raise self._input_error(one_line(exc)) from exc
+        except Exception as exc:
+            # The same input would fail the same way on every attempt: it fails the task at once
+            # like a mismatch, naming the exception so a broken adapter can be told apart.
+            raise self._input_error(
+                f"the type adapter failed: {type(exc).__name__}: {one_line(exc)}"
+            ) from exc
 
     def _input_error(self, reason: str) -> InputValidationError:
         expected = "JSON" if self.input_type is None else f"`{type_name(self.input_type)}`"
@@ -141,7 +199,7 @@ class HandlerSpec:
         if isinstance(output, _JSON_SCALARS):
             return output
         try:
-            return msgspec.to_builtins(output, str_keys=True)
+            return msgspec.to_builtins(output, str_keys=True, enc_hook=encode_unknown)
         except TypeError as exc:
             raise HandlerOutputError(
                 f"{describe(self._flow_slug, self._step_slug)}: the handler returned a value "
@@ -213,33 +271,48 @@ def _input_type(
     step_slug: str,
     function: Callable[..., Any],
     parameter: inspect.Parameter,
-) -> Any:
-    """The type the input is converted to, or None when the input is passed as is."""
+) -> tuple[Any, InputConverter | None]:
+    """The type the input is converted to (None when the input is passed as is), and the
+    converter of the type adapter that builds it when msgspec cannot (None: msgspec does)."""
     annotation = _resolve_annotation(where, flow_slug, step_slug, function, parameter)
     if annotation is inspect.Parameter.empty or annotation is Any or annotation is object:
-        return None
+        return None, None
     try:
         info = msgspec.inspect.type_info(annotation)
     except TypeError as exc:
+        problem = f"which msgspec cannot decode ({exc})"
+    else:
+        custom = _first_custom_type(info)
+        if custom is None:
+            return annotation, None  # msgspec's fast path, with no plugin involved
+        problem = f"and msgspec cannot build `{type_name(custom)}` from JSON"
+    # Only now are plugins asked (and loaded): flows whose inputs msgspec builds never need them.
+    lookup = _type_lookup
+    try:
+        if lookup is None:
+            raise LookupError("pgflow's plugins are not loaded (import pgflow first)")
+        return annotation, lookup(annotation)
+    except LookupError as exc:
+        why = str(exc)
+        cause: Exception = exc
+    except Exception as exc:
         raise FlowDefinitionError(
             f"{where}: the input parameter {parameter.name!r} is annotated with "
-            f"`{type_name(annotation)}`, which msgspec cannot decode ({exc}); change the "
-            "annotation, or leave the parameter unannotated (or `Any`) to receive plain JSON "
-            "values",
+            f"`{type_name(annotation)}`, {problem}, and the type adapter that took it failed: "
+            f"{type(exc).__name__}: {one_line(exc)}; change the annotation, or leave the "
+            "parameter unannotated (or `Any`) to receive plain JSON values",
             flow_slug=flow_slug,
             step_slug=step_slug,
         ) from exc
-    custom = _first_custom_type(info)
-    if custom is not None:
-        raise FlowDefinitionError(
-            f"{where}: the input parameter {parameter.name!r} is annotated with "
-            f"`{type_name(annotation)}`, and msgspec cannot build `{type_name(custom)}` from "
-            "JSON; use a msgspec.Struct, a dataclass, a TypedDict or builtin types, or leave "
-            "the parameter unannotated (or `Any`) to receive plain JSON values",
-            flow_slug=flow_slug,
-            step_slug=step_slug,
-        )
-    return annotation
+    raise FlowDefinitionError(
+        f"{where}: the input parameter {parameter.name!r} is annotated with "
+        f"`{type_name(annotation)}`, {problem}; use a msgspec.Struct, a dataclass, a TypedDict "
+        "or builtin types, install a plugin that adds such types (pgflow-pydantic does for "
+        "pydantic models), or leave the parameter unannotated (or `Any`) to receive plain JSON "
+        f"values ({why})",
+        flow_slug=flow_slug,
+        step_slug=step_slug,
+    ) from cause
 
 
 def _resolve_annotation(

@@ -25,14 +25,18 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import pluggy
 
 from pgflow.executors.base import ExecutorFactory
+from pgflow.flow.handlers import InputConverter
 
 if TYPE_CHECKING:
     from pgflow.flow.definition import Flow
 
 __all__ = [
+    "InputConverter",
     "RegisterExecutor",
     "RegisterSerializer",
+    "RegisterTypeAdapter",
     "Serializer",
+    "TypeAdapter",
     "hookimpl",
     "hookspec",
 ]
@@ -53,8 +57,29 @@ class Serializer(Protocol):
     def decode(self, data: bytes | str) -> Any: ...
 
 
+class TypeAdapter(Protocol):
+    """Teaches pgflow a family of types msgspec does not know (pydantic models, ...).
+
+    Asked only about what msgspec cannot handle itself: a handler input annotation that msgspec
+    cannot build (once, when the step is defined), and the class of a value msgspec cannot write
+    (once per class). Each method returns None for what is not its own.
+    """
+
+    def input_converter(self, annotation: Any) -> InputConverter | None:
+        """A converter that builds inputs of `annotation` (`list[Model]`, `Model | None`, ...),
+        or None when the adapter does not handle it."""
+        ...
+
+    def output_encoder(self, cls: type) -> Callable[[Any], Any] | None:
+        """A function turning a value of `cls` into JSON-shaped values (dicts, lists, strings,
+        numbers, booleans, None, or anything else msgspec writes), or None."""
+        ...
+
+
 #: Hooks that receive a `register` callback; every other hook is a notification.
-REGISTRATION_HOOKS: Final = frozenset({"pgflow_register_executors", "pgflow_register_serializers"})
+REGISTRATION_HOOKS: Final = frozenset(
+    {"pgflow_register_executors", "pgflow_register_serializers", "pgflow_register_type_adapters"}
+)
 
 RegisterExecutor = Callable[[str, ExecutorFactory], None]
 """`register(name, factory)`: the factory is called with keyword arguments `concurrency`,
@@ -62,6 +87,9 @@ RegisterExecutor = Callable[[str, ExecutorFactory], None]
 
 RegisterSerializer = Callable[[str, Serializer], None]
 """`register(name, serializer)`."""
+
+RegisterTypeAdapter = Callable[[str, TypeAdapter], None]
+"""`register(name, adapter)`."""
 
 
 @hookspec
@@ -79,6 +107,16 @@ def pgflow_register_serializers(register: RegisterSerializer) -> None:
 
     The object needs `encode(value) -> bytes` and `decode(bytes | str) -> value`; names must be
     unique across plugins.
+    """
+
+
+@hookspec
+def pgflow_register_type_adapters(register: RegisterTypeAdapter) -> None:
+    """Register type adapters by name: `register("pydantic", PydanticTypes())`.
+
+    They build handler inputs whose annotations msgspec cannot (`input_converter`) and write
+    values of classes msgspec cannot (`output_encoder`); the first adapter, in pluggy's order,
+    that does not return None wins. Names must be unique across plugins.
     """
 
 

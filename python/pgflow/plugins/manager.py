@@ -22,10 +22,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pluggy
 
+from pgflow import codec
 from pgflow.errors import PluginError, one_line
 from pgflow.executors.base import Executor, ExecutorFactory, FlowInputLoader, StepResolver
+from pgflow.flow import handlers
+from pgflow.flow.handlers import InputConverter, type_name
 from pgflow.plugins import hookspecs
-from pgflow.plugins.hookspecs import Serializer
+from pgflow.plugins.hookspecs import Serializer, TypeAdapter
 from pgflow.plugins.sinks import configured_sinks
 
 if TYPE_CHECKING:
@@ -214,8 +217,11 @@ class PgflowPluginManager(pluggy.PluginManager):
         # where each plugin pgflow registered came from, for people (`pgflow plugins`)
         self.origins: dict[str, str] = {}
         self.failures: dict[str, PluginFailure] = {}
+        # what writes each class msgspec cannot, as the type adapters said (None: nothing does)
+        self.encoders: dict[type, Callable[[Any], Any] | None] = {}
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
+        self.encoders.clear()  # a new plugin may know classes others did not
         plugin_name = super().register(plugin, name)
         if plugin_name is not None:
             for caller in self.get_hookcallers(plugin) or ():
@@ -223,6 +229,10 @@ class PgflowPluginManager(pluggy.PluginManager):
                     if impl.plugin is plugin and not (impl.wrapper or impl.hookwrapper):
                         _adapt(caller.name, impl)
         return plugin_name
+
+    def unregister(self, plugin: object | None = None, name: str | None = None) -> Any | None:
+        self.encoders.clear()
+        return super().unregister(plugin, name)
 
 
 def _adapt(hook_name: str, impl: pluggy.HookImpl) -> None:
@@ -331,6 +341,7 @@ class PluginInfo:
     hooks: tuple[str, ...] = ()
     executors: tuple[str, ...] = ()
     serializers: tuple[str, ...] = ()
+    type_adapters: tuple[str, ...] = ()
     disabled: bool = False
     error: str | None = None  # why it failed to load
 
@@ -344,6 +355,8 @@ def describe_plugins() -> list[PluginInfo]:
     _hook("pgflow_register_executors")(register=executors)
     serializers = _Registry("a serializer", strict=False)
     _hook("pgflow_register_serializers")(register=serializers)
+    type_adapters = _Registry("a type adapter", strict=False)
+    _hook("pgflow_register_type_adapters")(register=type_adapters)
     found = []
     for name, plugin in manager.list_name_plugin():
         origin = manager.origins.get(name, "registered by the program")
@@ -359,6 +372,7 @@ def describe_plugins() -> list[PluginInfo]:
                 ),
                 executors=tuple(executors.by_plugin.get(name, ())),
                 serializers=tuple(serializers.by_plugin.get(name, ())),
+                type_adapters=tuple(type_adapters.by_plugin.get(name, ())),
             )
         )
     found += [
@@ -376,6 +390,79 @@ def available_executors() -> dict[str, ExecutorFactory]:
 def available_serializers() -> dict[str, Serializer]:
     """Serializers by name, from every active plugin."""
     return _collect("pgflow_register_serializers", "a serializer")
+
+
+def available_type_adapters() -> dict[str, TypeAdapter]:
+    """Type adapters by name, from every active plugin, in pluggy's order (the first that
+    handles a type wins)."""
+    return _collect("pgflow_register_type_adapters", "a type adapter")
+
+
+def input_converter(annotation: Any) -> InputConverter:
+    """The converter of the first type adapter that handles a handler input annotation.
+
+    Raises `LookupError` saying why when none does, and `PluginError` naming the adapter that
+    failed. Installed in the flow layer (which asks only about what msgspec cannot build)."""
+    adapters = available_type_adapters()
+    for name, adapter in adapters.items():
+        try:
+            converter = adapter.input_converter(annotation)
+        except Exception as exc:
+            raise PluginError(
+                f"type adapter {name!r}: {type(exc).__name__}: {one_line(exc)}"
+            ) from exc
+        if converter is not None:
+            return converter
+    known = ", ".join(adapters) or "none"
+    raise LookupError(
+        f"no type adapter handles `{type_name(annotation)}`; type adapters: {known}"
+        f"{_failures_note()}"
+    )
+
+
+def encode_unknown(value: Any) -> Any:
+    """`value`, of a class msgspec cannot write, as JSON-shaped values by the first type adapter
+    that knows its class (asked once per class); `TypeError` when none does, or it fails.
+    Installed in the codec as msgspec's `enc_hook`, so the types msgspec writes never get here."""
+    cls = type(value)
+    encoders = get_plugin_manager().encoders
+    try:
+        encoder = encoders[cls]
+    except KeyError:
+        encoder = encoders[cls] = _find_encoder(cls)
+    if encoder is None:
+        raise TypeError(f"Encoding objects of type {cls.__name__} is unsupported")
+    try:
+        return encoder(value)
+    except Exception as exc:
+        # the codec turns a TypeError into a clear "has no JSON form" failure of the task
+        raise TypeError(
+            f"the type adapter for {cls.__name__} failed: {type(exc).__name__}: {one_line(exc)}"
+        ) from exc
+
+
+def _find_encoder(cls: type) -> Callable[[Any], Any] | None:
+    try:
+        adapters = available_type_adapters()
+    except PluginError as exc:
+        raise TypeError(str(exc)) from exc
+    for name, adapter in adapters.items():
+        try:
+            encoder = adapter.output_encoder(cls)
+        except Exception as exc:
+            raise TypeError(
+                f"type adapter {name!r} failed on {cls.__name__}: {type(exc).__name__}: "
+                f"{one_line(exc)}"
+            ) from exc
+        if encoder is not None:
+            return encoder
+    return None
+
+
+# The layers below cannot import this one: they get the type adapters through these lookups.
+# Importing pgflow imports this module, so they are in place before any flow is defined.
+handlers.use_type_adapters(input_converter)
+codec.use_unknown_encoder(encode_unknown)
 
 
 def get_serializer(name: str) -> Serializer:
