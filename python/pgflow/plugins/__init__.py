@@ -23,6 +23,7 @@ from pgflow.plugins.manager import (
     get_serializer,
     has_event_sinks,
     reset_plugin_manager,
+    run_headers,
     task_hooks,
 )
 
@@ -45,5 +46,6 @@ __all__ = [
     "get_serializer",
     "has_event_sinks",
     "reset_plugin_manager",
+    "run_headers",
     "task_hooks",
 ]
