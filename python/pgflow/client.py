@@ -48,7 +48,7 @@ from pgflow.errors import (
 )
 from pgflow.flow import Flow
 from pgflow.plugins.hookspecs import Serializer
-from pgflow.plugins.manager import get_serializer
+from pgflow.plugins.manager import get_serializer, run_headers
 
 __all__ = [
     "AsyncClient",
@@ -228,6 +228,8 @@ class _SQL:
     )
     STATUS = "select status from pgflow.runs where run_id = %s"
     START = "select run_id::text from pgflow.start_flow(%s, %s, %s)"
+    # when plugins give headers to keep with the run (pgflow_run_headers)
+    START_WITH_HEADERS = "select run_id::text from pgflow.start_flow_with_headers(%s, %s, %s, %s)"
     SERVING = f"select {serving_count('%s')} as serving"
     # the flow of a run someone waits for, and how many live workers serve it
     SERVING_RUN = (
@@ -384,9 +386,16 @@ class _Plans:
             if rows:
                 check_has_steps(slug, rows[0]["steps"])
                 self.with_steps.add(slug)
+        # asked here, in the caller's thread or task, so a plugin sees the caller's context
+        headers = run_headers(slug)
+        start = (
+            _Query(_SQL.START_WITH_HEADERS, (slug, payload, Jsonb(headers), given))
+            if headers
+            else _Query(_SQL.START, (slug, payload, given))
+        )
         while True:
             try:
-                rows = yield _Query(_SQL.START, (slug, payload, given))
+                rows = yield start
                 return str(rows[0]["run_id"])
             except psycopg.errors.UniqueViolation as exc:
                 if given is None or exc.diag.constraint_name != "runs_pkey":
@@ -677,6 +686,9 @@ class Client:
 
         With `run_id`, starting a run that already exists with the same flow and input returns
         its id (nothing is started twice); with another flow or input it raises `RunConflict`.
+
+        Headers that plugins give (hook `pgflow_run_headers`, such as trace context) are kept
+        with the run, in the transaction that creates it.
         """
         return self._drive(self._plans.start(flow, input, run_id))
 

@@ -118,6 +118,8 @@ OUR_EXTRA_CONSTRAINTS = {
         "flow_serializers_flow_slug_fkey",
         "serializer_is_named",
     },
+    # headers kept with a run (start_flow_with_headers)
+    "run_headers": {"run_headers_pkey", "run_headers_run_id_fkey", "headers_is_object"},
     "steps": {"map_has_at_most_one_dependency"},
     "runs": {"cancelled_at_is_after_started_at"},
     "step_states": {"remaining_tasks_is_nonnegative", "skip_reason_is_valid"},

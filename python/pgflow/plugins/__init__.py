@@ -24,6 +24,7 @@ from pgflow.plugins.manager import (
     get_serializer,
     has_event_sinks,
     reset_plugin_manager,
+    run_headers,
     task_hooks,
 )
 
@@ -47,5 +48,6 @@ __all__ = [
     "get_serializer",
     "has_event_sinks",
     "reset_plugin_manager",
+    "run_headers",
     "task_hooks",
 ]

@@ -12,8 +12,9 @@ docs/plugins.md):
 
 Registration hooks receive a `register` callback rather than returning values, so one plugin can
 register several things and every registration is checked where it happens. Every other hook
-is a notification (events, workers, tasks): called for every plugin even when one of them
-raises; the failure is logged. All are called through pluggy's hook caller, in pluggy's order,
+is a notification (events, workers, tasks), or returns a value that pgflow merges
+(`pgflow_run_headers`): called for every plugin even when one of them raises; the failure is
+logged (and that plugin's value is None). All are called through pluggy's hook caller, in pluggy's order,
 wrappers included.
 """
 
@@ -146,6 +147,17 @@ def pgflow_worker_started(workers: Mapping[str, str], flows: Sequence[Flow], dsn
 def pgflow_worker_stopped(workers: Mapping[str, str]) -> None:
     """A worker process stopped claiming tasks and finished (or gave back) the ones it had;
     `workers` as in `pgflow_worker_started`. Called once per worker process."""
+
+
+@hookspec
+def pgflow_run_headers(flow_slug: str) -> Mapping[str, str] | None:
+    """Headers to keep with a run of `flow_slug` that this process is starting
+    (`Client.start`, `AsyncClient.start`), such as `{"traceparent": ...}`; None for none.
+
+    Called in the starting process, in the caller's thread (or task), just before the run is
+    created; what every implementation returns is merged and stored with the run in the same
+    transaction (`pgflow.run_headers`), where workers can read it. Names and values are strings.
+    """
 
 
 # -- tasks, in the worker that runs them --------------------------------------------------------

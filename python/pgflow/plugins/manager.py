@@ -533,6 +533,42 @@ def fire_event(event: Mapping[str, Any]) -> None:
     _notify(_hook("pgflow_event"), event=event)
 
 
+def run_headers(flow_slug: str) -> dict[str, str]:
+    """The headers plugins want kept with a run of `flow_slug` that this process starts: what
+    every `pgflow_run_headers` implementation returned, merged (a name given twice keeps the
+    value of the implementation called first, in pluggy's order). `{}`, without calling
+    anything, when no plugin implements the hook. A value that is not a mapping of strings is
+    logged and left out: a plugin's mistake must not stop a run from starting."""
+    caller = _hook("pgflow_run_headers")
+    if not _implemented(caller):
+        return {}
+    try:
+        results = caller(flow_slug=flow_slug)
+    except Exception:
+        # only a wrapper can get here: implementations are guarded one by one
+        logger.exception("a hook wrapper failed in pgflow_run_headers")
+        return {}
+    merged: dict[str, str] = {}
+    for result in results:
+        if not isinstance(result, Mapping):
+            logger.warning(
+                "pgflow_run_headers returned a %s, not a mapping of strings; left out",
+                type(result).__name__,
+            )
+            continue
+        for name, value in result.items():
+            if isinstance(name, str) and name and isinstance(value, str):
+                merged.setdefault(name, value)
+            else:
+                logger.warning(
+                    "pgflow_run_headers: header %r = %r left out: names must be non-empty "
+                    "strings and values strings",
+                    name,
+                    value,
+                )
+    return merged
+
+
 TaskHook = Callable[..., None]
 
 

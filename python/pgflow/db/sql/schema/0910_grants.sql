@@ -24,6 +24,7 @@ begin
     execute format('grant execute on function pgflow.calculate_retry_delay(numeric, int, int) to %I', v_role);
     execute format('grant execute on function pgflow.start_flow(text, jsonb, uuid) to %I', v_role);
     execute format('grant execute on function pgflow.start_flow_with_states(text, jsonb, uuid) to %I', v_role);
+    execute format('grant execute on function pgflow.start_flow_with_headers(text, jsonb, jsonb, uuid) to %I', v_role);
     execute format('grant execute on function pgflow.get_run_with_states(uuid) to %I', v_role);
     execute format('grant execute on function pgflow.ensure_flow_compiled(text, jsonb, boolean) to %I', v_role);
   end loop;
