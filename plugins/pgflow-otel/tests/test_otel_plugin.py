@@ -26,7 +26,7 @@ from pgflow.context import Context
 from pgflow.db.events import set_events
 from pgflow.flow import Flow
 from pgflow.worker import Worker
-from pgflow_otel import TracingPlugin, TracingPluginWithEvents, run_span_id, step_span_id
+from pgflow_otel import InertPlugin, TracingPluginWithEvents, run_span_id, step_span_id
 
 # split -> double (a map over split's list) -> total, whose first attempt fails
 traced = Flow("ot_traced", max_attempts=2, base_delay=0)
@@ -57,7 +57,7 @@ def _reset_tracer_provider() -> None:
 
 
 @contextlib.contextmanager
-def plugin_alone() -> Iterator[pgflow_otel.TracingPlugin]:
+def plugin_alone() -> Iterator[pgflow_otel.TracingPlugin | pgflow_otel.InertPlugin]:
     """The plugin as its entry point makes it (now), registered alone (installed distributions
     kept out, pgflow-otel's own entry point too)."""
     with pytest.MonkeyPatch.context() as patch:
@@ -206,9 +206,11 @@ def test_without_a_tracer_provider_nothing_is_traced_and_the_run_completes(
         running_worker([traced], db_dsn) as running,
         Client(db_dsn) as client,
     ):
-        # no event sink: workers do not relay events for it
-        assert type(plugin) is TracingPlugin
+        # no hook at all: no event sink (workers relay no events for it), no task hook to call
+        assert type(plugin) is InertPlugin
         assert not plugins.has_event_sinks()
+        hooks = plugins.task_hooks()
+        assert (hooks.claimed, hooks.started, hooks.finished, hooks.failed) == (None,) * 4
         with trace.get_tracer("test").start_as_current_span("starter"):
             run_id = client.start(traced, {})
         assert running.finish(client, run_id).status == "completed"

@@ -175,6 +175,9 @@ def test_task_hooks_are_implemented_only_when_the_port_is_set(
 ) -> None:
     # In a fresh interpreter: the module decides at import, as a worker process imports it.
     env = {k: v for k, v in os.environ.items() if k != PORT_ENV}
+    # this plugin alone: other installed distributions may implement task hooks
+    others = {e.name for e in importlib.metadata.entry_points(group="pgflow")} - {"prometheus"}
+    env["PGFLOW_DISABLE_PLUGINS"] = ",".join(sorted(others))
     if port is not None:
         env[PORT_ENV] = port
     probe = (

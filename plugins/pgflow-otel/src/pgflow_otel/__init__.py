@@ -6,10 +6,10 @@ was current where `Client.start` was called: the starting process hands its trac
 with the run (`pgflow_run_headers`, kept in `pgflow.run_headers`). See README.md.
 
 Inert unless the application sets a TracerProvider (`opentelemetry.trace.set_tracer_provider`,
-or `opentelemetry-instrument`): with the API's default provider the hooks return at once. The
-entry point names `plugin`, built when pgflow loads its plugins: it receives events only if a
-TracerProvider was set by then, so that installing the plugin does not make every worker relay
-events it would throw away.
+or `opentelemetry-instrument`) before pgflow loads its plugins. The entry point names `plugin`,
+built at that load: without a TracerProvider it implements no hook at all, so a worker calls no
+task hook for it (it skips hooks nobody implements), relays no events for it, and a client adds
+nothing to the start of a run.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pgflow_otel.spans import (
 )
 
 __all__ = [
+    "InertPlugin",
     "TracingPlugin",
     "TracingPluginWithEvents",
     "make_plugin",
@@ -137,9 +138,13 @@ class TracingPluginWithEvents(TracingPlugin):
             writer.put(RunEnded(run_id, status))
 
 
-def make_plugin() -> TracingPlugin:
-    """The plugin object, with the event sink only if a TracerProvider is set now."""
-    return TracingPluginWithEvents() if tracing_configured() else TracingPlugin()
+class InertPlugin:
+    """What the entry point gives when no TracerProvider is set: no hook, so no cost."""
+
+
+def make_plugin() -> TracingPlugin | InertPlugin:
+    """The plugin object: every hook if a TracerProvider is set now, none otherwise."""
+    return TracingPluginWithEvents() if tracing_configured() else InertPlugin()
 
 
 def __getattr__(name: str) -> object:
