@@ -55,6 +55,9 @@ def pgflow_event(event):
 
 BROKEN_PLUGIN = 'raise RuntimeError("the plugin is broken on purpose")\n'
 
+# a plugin that stays idle as configured: it implements no hook
+IDLE_PLUGIN = '"""Nothing to do here."""\n'
+
 USERS_FLOWS = """
 from pgflow import Flow
 
@@ -71,6 +74,7 @@ def only(value):
 def plugin_dir(tmp_path: Path) -> Path:
     (tmp_path / "good_pgflow_plugin.py").write_text(GOOD_PLUGIN)
     (tmp_path / "broken_pgflow_plugin.py").write_text(BROKEN_PLUGIN)
+    (tmp_path / "idle_pgflow_plugin.py").write_text(IDLE_PLUGIN)
     (tmp_path / "users_flows.py").write_text(USERS_FLOWS)
     dist_info = tmp_path / "good_pgflow_plugin-1.2.3.dist-info"
     dist_info.mkdir()
@@ -130,6 +134,18 @@ def test_a_plugin_that_fails_to_load_is_listed_with_its_error(
     # logged once as a warning, then the one-line verdict
     assert result.stderr.count("failed to load: RuntimeError") == 1, result.stderr
     assert result.stderr.endswith("error: 1 plugin(s) failed to load: broken_pgflow_plugin\n")
+
+
+def test_a_plugin_with_no_hook_is_listed_as_doing_nothing(
+    plugin_dir: Path, run_pgflow: Run
+) -> None:
+    result = run_pgflow("plugins", env=env_for(plugin_dir, "idle_pgflow_plugin"))
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert listed_sections(result.stdout, "idle_pgflow_plugin") == (
+        "idle_pgflow_plugin\n"
+        "  from: module listed in PGFLOW_PLUGINS\n"
+        "  hooks: none (it does nothing as configured)\n"
+    )
 
 
 def test_a_disabled_plugin_is_listed_as_disabled(plugin_dir: Path, run_pgflow: Run) -> None:

@@ -36,6 +36,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"  type adapters: {', '.join(info.type_adapters)}")
         if info.hooks:
             print(f"  hooks: {', '.join(info.hooks)}")
+        elif not info.error and not info.disabled:
+            # a plugin may stay idle as configured (pgflow-otel without a TracerProvider)
+            print("  hooks: none (it does nothing as configured)")
     failed = [info.name for info in found if info.error]
     if failed:
         print(
