@@ -24,9 +24,11 @@ MAX_LINE_CHARS = 1000
 line cannot push every frame out."""
 
 # key=value or key: value (also quoted keys, as in a dict's repr) for keys that name a secret;
-# `redact` covers URLs and `...password=` pairs with libpq's quoting rules, this the rest
+# `redact` covers URLs and `...password=` pairs with libpq's quoting rules, this the rest. Bounded
+# repeats: an unbounded `\w*` on both sides of the word would backtrack quadratically on a long
+# word full of it.
 _SECRET_PAIR = re.compile(
-    r"(?P<key>['\"]?\b\w*(?:password|passwd|pwd|secret|token|api_?key)['\"]?\s*[=:]\s*)"
+    r"(?P<key>['\"]?\b\w{0,64}?(?:password|passwd|pwd|secret|token|api_?key)\w{0,64}['\"]?\s*[=:]\s*)"
     r"(?P<value>'[^']*'?|\"[^\"]*\"?|[^\s,;)}\]]+)",
     re.IGNORECASE,
 )
