@@ -16,6 +16,7 @@ from pgflow.client import (
     Run,
     StepDefinition,
     StepState,
+    TaskAttempt,
     TaskState,
 )
 from pgflow.context import Context
@@ -95,6 +96,7 @@ __all__ = [
     "SchemaTooNew",
     "StepDefinition",
     "StepState",
+    "TaskAttempt",
     "TaskState",
     "UnencodableValue",
     "UnknownStepError",

@@ -60,6 +60,7 @@ __all__ = [
     "RunNotFound",
     "StepDefinition",
     "StepState",
+    "TaskAttempt",
     "TaskState",
     "WaitTimeout",
     "WorkerInfo",
@@ -84,6 +85,37 @@ class TaskState:
     completed_at: datetime | None
     failed_at: datetime | None
     requeued_count: int
+
+
+@dataclass(frozen=True)
+class TaskAttempt:
+    """One ended attempt of a task, as `pgflow.task_attempts` keeps it.
+
+    `outcome` is "completed", "failed", "timed_out" (the handler ran past its step's timeout),
+    "worker_stopped" (its worker stopped before the handler ended), "stalled" (no result within
+    the timeout + 30 s: the worker is presumed dead) or "cancelled" (the run failed or was
+    cancelled, or the step skipped, while it ran). `traceback` is the handler's, redacted and
+    bounded by the worker (None when there is none, or when not asked for). An attempt still
+    running, or given back unstarted when a worker stopped, has no row.
+    """
+
+    step_slug: str
+    task_index: int
+    attempt: int
+    flow_slug: str
+    worker_id: str | None
+    started_at: datetime | None
+    ended_at: datetime
+    outcome: str
+    error_message: str | None
+    traceback: str | None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to end; None when the start is unknown."""
+        if self.started_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -227,6 +259,28 @@ class _SQL:
         "where run_id = %s order by step_slug, task_index"
     )
     STATUS = "select status from pgflow.runs where run_id = %s"
+
+    @staticmethod
+    def attempts(
+        run_id: str, step_slug: str | None, task_index: int | None, tracebacks: bool
+    ) -> tuple[str, list[Any]]:
+        # a prefix of the primary key (run, step, task, attempt), which also gives the order
+        where: list[str] = ["run_id = %s"]
+        params: list[Any] = [run_id]
+        if step_slug is not None:
+            where.append("step_slug = %s")
+            params.append(step_slug)
+            if task_index is not None:
+                where.append("task_index = %s")
+                params.append(task_index)
+        return (
+            "select step_slug, task_index, attempt, flow_slug, worker_id::text, started_at, "
+            f"ended_at, outcome, error_message, {'traceback' if tracebacks else 'null::text'} "
+            f"as traceback from pgflow.task_attempts where {' and '.join(where)} "
+            "order by step_slug, task_index, attempt",
+            params,
+        )
+
     START = "select run_id::text from pgflow.start_flow(%s, %s, %s)"
     # when plugins give headers to keep with the run (pgflow_run_headers)
     START_WITH_HEADERS = "select run_id::text from pgflow.start_flow_with_headers(%s, %s, %s, %s)"
@@ -479,6 +533,21 @@ class _Plans:
                 pause = min(pause, left)
             yield _Sleep(pause)
 
+    def attempts(
+        self,
+        run_id: str | UUID,
+        step_slug: str | None,
+        task_index: int | None,
+        tracebacks: bool,
+    ) -> _Plan[list[TaskAttempt]]:
+        if task_index is not None and step_slug is None:
+            raise PgflowError("a task_index needs its step_slug: give both, or neither")
+        run_id = _run_uuid(run_id)
+        rows = yield _Query(*_SQL.attempts(run_id, step_slug, task_index, tracebacks))
+        if not rows and not (yield _Query(_SQL.STATUS, (run_id,))):
+            raise RunNotFound(f"run {run_id} does not exist")
+        return [TaskAttempt(**row) for row in rows]
+
     def cancel(self, run_id: str | UUID) -> _Plan[str]:
         try:
             rows = yield _Query(_SQL.CANCEL, (_run_uuid(run_id),))
@@ -714,6 +783,19 @@ class Client:
         """Cancel a started run (its open tasks are cancelled); returns the run's status."""
         return self._drive(self._plans.cancel(run_id))
 
+    def attempts(
+        self,
+        run_id: str | UUID,
+        step_slug: str | None = None,
+        task_index: int | None = None,
+        *,
+        tracebacks: bool = True,
+    ) -> list[TaskAttempt]:
+        """Every ended attempt of the run's tasks (of one step, or one task, when given), by
+        step slug, task index and attempt. `tracebacks=False` leaves the tracebacks out (they
+        can be large). `RunNotFound` when the run does not exist."""
+        return self._drive(self._plans.attempts(run_id, step_slug, task_index, tracebacks))
+
     def runs(
         self, flow: str | None = None, status: str | None = None, limit: int = 50
     ) -> list[Run]:
@@ -805,6 +887,16 @@ class AsyncClient:
 
     async def cancel(self, run_id: str | UUID) -> str:
         return await self._drive(self._plans.cancel(run_id))
+
+    async def attempts(
+        self,
+        run_id: str | UUID,
+        step_slug: str | None = None,
+        task_index: int | None = None,
+        *,
+        tracebacks: bool = True,
+    ) -> list[TaskAttempt]:
+        return await self._drive(self._plans.attempts(run_id, step_slug, task_index, tracebacks))
 
     async def runs(
         self, flow: str | None = None, status: str | None = None, limit: int = 50

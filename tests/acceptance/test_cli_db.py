@@ -171,6 +171,8 @@ def test_prune_dry_run_counts_then_prune_deletes(db_dsn: str, run_pgflow: Run) -
     assert lines[0] == "would delete (older than 0 second(s)):"
     assert "  runs                      1" in lines
     assert "  step tasks                1" in lines
+    # the task was cancelled while queued: it never had an attempt
+    assert "  task attempts             0" in lines
     assert lines[-1] == "dry run: nothing was deleted"
     assert _run_count(db_dsn) == 1
 

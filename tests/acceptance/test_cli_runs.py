@@ -116,6 +116,15 @@ def test_runs_list_filters(runs: Runs, db_dsn: str, run_pgflow: Run) -> None:
 # -- runs show ------------------------------------------------------------------------------------
 
 
+# an attempt: task, attempt, outcome, start -> end, duration, worker (and the error)
+ATTEMPT = r"task 0  attempt {n}  {outcome}  {clock} -> {clock}  \S+ m?s  worker [0-9a-f]{{8}}"
+CLOCK = r"\d\d:\d\d:\d\d\.\d\d\d"
+
+
+def attempt_line(n: int, outcome: str) -> str:
+    return ATTEMPT.format(n=n, outcome=outcome, clock=CLOCK)
+
+
 def test_runs_show_draws_the_steps_as_a_tree(runs: Runs, db_dsn: str, run_pgflow: Run) -> None:
     lines = ok(run_pgflow("runs", "show", runs.completed, "--dsn", db_dsn)).splitlines()
     assert re.fullmatch(
@@ -124,10 +133,12 @@ def test_runs_show_draws_the_steps_as_a_tree(runs: Runs, db_dsn: str, run_pgflow
     assert re.fullmatch(
         r"└─ double  \[single\]  completed  tasks 1/1  attempts 1  \S+ m?s", lines[1]
     ), lines
+    assert re.fullmatch("      " + attempt_line(1, "completed"), lines[2]), lines
     assert re.fullmatch(
-        r"   └─ add_one  \[single\]  completed  tasks 1/1  attempts 1  \S+ m?s", lines[2]
+        r"   └─ add_one  \[single\]  completed  tasks 1/1  attempts 1  \S+ m?s", lines[3]
     ), lines
-    assert len(lines) == 3
+    assert re.fullmatch("         " + attempt_line(1, "completed"), lines[4]), lines
+    assert len(lines) == 5
 
 
 def test_runs_show_reports_errors_and_attempts(runs: Runs, db_dsn: str, run_pgflow: Run) -> None:
@@ -135,11 +146,30 @@ def test_runs_show_reports_errors_and_attempts(runs: Runs, db_dsn: str, run_pgfl
     assert lines[0].startswith(f"run {runs.failed}  flow acc_failing  failed  ")
     assert lines[1].startswith("error: ") and FAILURE_TEXT in lines[1]
     assert re.fullmatch(r"└─ explode  \[single\]  failed  tasks 1/1  attempts 2  .*", lines[2])
-    details = lines[3:]
-    assert any(d.strip().startswith("error: ") and FAILURE_TEXT in d for d in details), lines
-    assert any(
-        d.strip() == f"task 0 (failed, attempt 2): ValueError: {FAILURE_TEXT}" for d in details
-    ), lines
+    details = [d.strip() for d in lines[3:]]
+    assert details[0].startswith("error: ") and FAILURE_TEXT in details[0], lines
+    # every attempt, with its error; the tracebacks only when asked for
+    assert len(details) == 3, lines
+    for n, detail in enumerate(details[1:], start=1):
+        assert re.fullmatch(
+            attempt_line(n, "failed") + re.escape(f": ValueError: {FAILURE_TEXT}"), detail
+        ), lines
+    assert "Traceback" not in "\n".join(lines)
+
+
+def test_runs_show_tracebacks(runs: Runs, db_dsn: str, run_pgflow: Run) -> None:
+    shown = ok(run_pgflow("runs", "show", runs.failed, "--tracebacks", "--dsn", db_dsn))
+    lines = shown.splitlines()
+    attempts = [i for i, line in enumerate(lines) if re.search(attempt_line(1, "failed"), line)]
+    assert len(attempts) == 1, lines
+    # the traceback follows its attempt, indented under it, and ends with the error
+    following = lines[attempts[0] + 1 :]
+    assert following[0].strip() == "Traceback (most recent call last):", lines
+    assert following[0].startswith("        ")
+    end = next(i for i, line in enumerate(following) if line.strip().startswith("ValueError"))
+    assert any("in explode" in line for line in following[:end]), lines
+    assert following[end].strip() == f"ValueError: {FAILURE_TEXT}"
+    assert shown.count("Traceback (most recent call last):") == 2  # one per failed attempt
 
 
 def test_runs_show_of_a_started_run(runs: Runs, db_dsn: str, run_pgflow: Run) -> None:
@@ -157,6 +187,12 @@ def test_runs_show_json(runs: Runs, db_dsn: str, run_pgflow: Run) -> None:
     assert (step["step_slug"], step["status"]) == ("explode", "failed")
     (task,) = step["tasks"]
     assert (task["status"], task["attempts_count"]) == ("failed", 2)
+    attempts = shown["attempts"]
+    assert [(a["step_slug"], a["attempt"], a["outcome"]) for a in attempts] == [
+        ("explode", 1, "failed"),
+        ("explode", 2, "failed"),
+    ]
+    assert all("in explode" in a["traceback"] for a in attempts)
 
     done = json.loads(ok(run_pgflow("runs", "show", runs.completed, "--json", "--dsn", db_dsn)))
     assert done["output"] == basic_output(4)
@@ -243,6 +279,13 @@ def test_cancel_a_started_run_and_ignore_its_late_results(
         (run_id,),
     ).fetchall()
     assert tasks == [("cancelled", None, None)]
+    # the two running attempts ended with the run; the late results added nothing
+    attempts = conn.execute(
+        "select outcome, error_message, count(*) from pgflow.task_attempts where run_id = %s"
+        " group by 1, 2",
+        (run_id,),
+    ).fetchall()
+    assert attempts == [("cancelled", "the run was cancelled", 2)]
     assert worker.alive(), worker.describe()
 
     listed_runs = listed(ok(run_pgflow("runs", "list", "--status", "cancelled", "--dsn", db_dsn)))

@@ -120,6 +120,8 @@ OUR_EXTRA_CONSTRAINTS = {
     },
     # headers kept with a run (start_flow_with_headers)
     "run_headers": {"run_headers_pkey", "run_headers_run_id_fkey", "headers_is_object"},
+    # one row per ended attempt of a task
+    "task_attempts": {"task_attempts_pkey", "attempt_is_positive", "outcome_is_valid"},
     "steps": {"map_has_at_most_one_dependency"},
     "runs": {"cancelled_at_is_after_started_at"},
     "step_states": {"remaining_tasks_is_nonnegative", "skip_reason_is_valid"},

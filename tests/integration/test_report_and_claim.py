@@ -226,7 +226,10 @@ def test_bad_arguments_are_refused(conn: Conn) -> None:
 
 
 def test_only_the_worker_role_may_call_it(conn: Conn) -> None:
-    signature = "pgflow.report_and_claim(text, uuid, int, uuid[], text[], int[], jsonb, text[], int[], int, text[])"
+    signature = (
+        "pgflow.report_and_claim(text, uuid, int, uuid[], text[], int[], jsonb, text[], int[], int, "
+        "text[], text[], text[])"
+    )
     allowed = {
         role: scalar(conn, "select has_function_privilege(%s, %s, 'execute')", (role, signature))
         for role in ("pgflow_worker", "pgflow_client", "public")

@@ -177,9 +177,9 @@ def test_the_worker_role_may_fail_with_a_retry_mode(conn: Conn) -> None:
     privileges = scalar(
         conn,
         "select array[has_function_privilege('pgflow_worker',"
-        " 'pgflow.fail_task(uuid, text, int, text, int, text)', 'execute'),"
+        " 'pgflow.fail_task(uuid, text, int, text, int, text, text, text)', 'execute'),"
         " has_function_privilege('pgflow_client',"
-        " 'pgflow.fail_task(uuid, text, int, text, int, text)', 'execute')]",
+        " 'pgflow.fail_task(uuid, text, int, text, int, text, text, text)', 'execute')]",
     )
     assert privileges == [True, False]
 

@@ -132,11 +132,25 @@ def test_a_stopping_worker_gives_its_tasks_back_at_once(
                 run = second.finish(client, run_id)
             finally:
                 second.stop()
+            attempts = client.attempts(run_id)
     finally:
         gate.touch()
     assert run.status == "completed"
     assert run.output == {"hold": [0, 1, 2]}
     assert _tasks(conn, run_id)[0]["attempts_count"] == 2
+    # task 0: cut off on the first worker, completed on the second; the tasks given back
+    # unstarted have one attempt only, the one that ran them
+    cut, done = (a for a in attempts if a.task_index == 0)
+    assert (cut.attempt, cut.outcome, done.attempt, done.outcome) == (
+        1,
+        "worker_stopped",
+        2,
+        "completed",
+    )
+    assert cut.error_message is not None and cut.error_message.startswith("WorkerStopped: ")
+    assert cut.worker_id == str(first.worker.worker_ids[flows.outlast.slug])
+    assert done.worker_id == str(second.worker.worker_ids[flows.outlast.slug])
+    assert [(a.task_index, a.attempt) for a in attempts if a.task_index > 0] == [(1, 1), (2, 1)]
 
 
 def test_a_task_longer_than_any_grace_period_ends_with_its_attempts(

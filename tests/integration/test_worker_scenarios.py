@@ -381,11 +381,16 @@ def test_a_handler_past_its_timeout_fails_its_attempt(
             assert handler_pid == os.getpid()
         # the slot is free again (on the process executor: a new child took over)
         after = worker.run_flow(client, flows.quick, "after")
+        attempts = client.attempts(run.run_id)
 
     assert run.status == "failed"
     assert run.error_message == TIMEOUT_ERROR
     task = task_of(run, "dawdle")
     assert (task.status, task.attempts_count, task.error_message) == ("failed", 1, TIMEOUT_ERROR)
+    assert [(a.step_slug, a.attempt, a.outcome, a.error_message) for a in attempts] == [
+        ("dawdle", 1, "timed_out", TIMEOUT_ERROR)
+    ]
+    assert attempts[0].traceback is None  # the handler did not raise: nothing to show
     assert completed_output(after) == {"ping": {"pong": "after"}}
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import attempt_flows
 import bad_input_flows
 import pytest
 import retry_flows
@@ -59,7 +60,7 @@ def modes(*selected: Mode) -> pytest.MarkDecorator:
 
 
 # the modules of module-level flows that child processes can import
-FLOW_MODULES = (worker_flows, retry_flows, bad_input_flows)
+FLOW_MODULES = (worker_flows, retry_flows, bad_input_flows, attempt_flows)
 
 
 def flow_ref(flow: Flow) -> str:

@@ -7,12 +7,14 @@ import argparse
 import io
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from pgflow.cli.db import duration
 from pgflow.cli.progress import ticking
+from pgflow.cli.runs import ATTEMPTS_LISTED_TASKS, _attempt_lines
+from pgflow.client import TaskAttempt
 
 
 @pytest.mark.parametrize(
@@ -52,3 +54,37 @@ def test_ticking_says_nothing_for_a_quick_block() -> None:
     with ticking("pruning", after=60, stream=stream):
         pass
     assert stream.getvalue() == ""
+
+
+def _attempt(index: int, n: int, outcome: str, error: str | None = None) -> TaskAttempt:
+    start = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc) + timedelta(seconds=index)
+    return TaskAttempt(
+        step_slug="each",
+        task_index=index,
+        attempt=n,
+        flow_slug="f",
+        worker_id=None if index == 3 else "0123456789abcdef-worker",
+        started_at=start,
+        ended_at=start + timedelta(milliseconds=250),
+        outcome=outcome,
+        error_message=error,
+        traceback=f"Traceback (most recent call last):\nValueError: {index}" if error else None,
+    )
+
+
+def test_attempt_lines_of_a_big_step_list_only_the_tasks_that_did_not_simply_complete() -> None:
+    attempts = [_attempt(i, 1, "completed") for i in range(ATTEMPTS_LISTED_TASKS + 5)]
+    attempts[3:4] = [_attempt(3, 1, "failed", "ValueError: 3"), _attempt(3, 2, "completed")]
+    lines = _attempt_lines(attempts, tracebacks=False, all_attempts=False)
+    assert len(lines) == 3
+    assert lines[0].startswith("task 3  attempt 1  failed  ")
+    assert lines[0].endswith("  250 ms  worker -: ValueError: 3")
+    assert lines[1].startswith("task 3  attempt 2  completed  ")
+    assert lines[2] == (
+        f"{ATTEMPTS_LISTED_TASKS + 4} more tasks completed at their first attempt "
+        "(--all-attempts lists them)"
+    )
+    everything = _attempt_lines(attempts, tracebacks=True, all_attempts=True)
+    assert len(everything) == ATTEMPTS_LISTED_TASKS + 6 + 2  # and the traceback's two lines
+    assert everything[4:6] == ["    Traceback (most recent call last):", "    ValueError: 3"]
+    assert "worker 01234567" in everything[0]

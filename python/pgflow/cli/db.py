@@ -178,6 +178,7 @@ def _counts(pruned: Pruned) -> list[tuple[str, int]]:
         ("runs", pruned.runs),
         ("step states", pruned.step_states),
         ("step tasks", pruned.step_tasks),
+        ("task attempts", pruned.task_attempts),
         ("queued messages", pruned.queued_messages),
         ("archived messages", pruned.archived_messages),
         ("workers", pruned.workers),

@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 
@@ -22,7 +23,7 @@ from pgflow.cli.parser import (
 )
 from pgflow.cli.progress import StatusLine
 from pgflow.cli.worker import import_from_cwd
-from pgflow.client import Client, Run, StepState
+from pgflow.client import Client, Run, StepState, TaskAttempt
 from pgflow.db.workers import DEFAULT_HEARTBEAT_INTERVAL, no_worker_warning
 from pgflow.errors import PgflowError, RunFailed
 from pgflow.flow import Flow, load_flow
@@ -130,7 +131,23 @@ def register_runs(commands: Subparsers) -> None:
         "A run's steps as a tree, with status, attempts, timing and errors.",
     )
     p.add_argument("run_id", metavar="RUN_ID", help=_RUN_ID_HELP)
-    p.add_argument("--json", action="store_true", help="print the run as JSON")
+    p.add_argument(
+        "--tracebacks",
+        action="store_true",
+        help="print the handler's traceback under each attempt that has one",
+    )
+    p.add_argument(
+        "--all-attempts",
+        action="store_true",
+        help=f"list every attempt of every task (by default, in a step of more than "
+        f"{ATTEMPTS_LISTED_TASKS} tasks, those that completed at their first attempt are counted "
+        "rather than listed)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run as JSON, with its attempts and tracebacks",
+    )
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
@@ -151,10 +168,12 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
 def cmd_runs_show(args: argparse.Namespace) -> int:
     with Client(database(args)) as client:
         run = client.get(client.find_run_id(args.run_id))
+        attempts = client.attempts(run.run_id, tracebacks=args.tracebacks or args.json)
     if args.json:
-        print(json.dumps(asdict(run), indent=2, default=str))
+        shown = {**asdict(run), "attempts": [asdict(a) for a in attempts]}
+        print(json.dumps(shown, indent=2, default=str))
         return EXIT_OK
-    print(render_run(run))
+    print(render_run(run, attempts, tracebacks=args.tracebacks, all_attempts=args.all_attempts))
     return EXIT_OK
 
 
@@ -167,10 +186,20 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def render_run(run: Run) -> str:
+def render_run(
+    run: Run,
+    attempts: Sequence[TaskAttempt] = (),
+    *,
+    tracebacks: bool = False,
+    all_attempts: bool = False,
+) -> str:
     """The run's steps as a tree: each step under its first dependency. Once the run has
     finished, every step shows a final state: one the run left open says it never started or
-    was stopped with the run, and its tasks are counted by status."""
+    was stopped with the run, and its tasks are counted by status. Under each step, its tasks'
+    attempts (see `_attempt_lines`), with their tracebacks when asked for."""
+    by_step: dict[str, list[TaskAttempt]] = {}
+    for attempt in attempts:
+        by_step.setdefault(attempt.step_slug, []).append(attempt)
     lines = [
         f"run {run.run_id}  flow {run.flow_slug}  {run.status}  "
         f"{_duration(run.started_at, run.finished_at)}"
@@ -189,7 +218,10 @@ def render_run(run: Run) -> str:
             branch = "└─ " if last else "├─ "
             lines.append(prefix + branch + _step_line(run, step))
             detail_prefix = prefix + ("   " if last else "│  ")
-            for detail in _step_details(run, step):
+            step_attempts = by_step.get(step.step_slug, [])
+            details = _step_details(run, step, with_failed_tasks=not step_attempts)
+            details += _attempt_lines(step_attempts, tracebacks, all_attempts)
+            for detail in details:
                 lines.append(detail_prefix + "   " + detail)
             walk(step.step_slug, detail_prefix)
 
@@ -227,7 +259,7 @@ def _step_line(run: Run, step: StepState) -> str:
     return "  ".join(parts)
 
 
-def _step_details(run: Run, step: StepState) -> list[str]:
+def _step_details(run: Run, step: StepState, *, with_failed_tasks: bool = True) -> list[str]:
     details = []
     if step.skip_reason:
         details.append(f"skipped: {step.skip_reason}")
@@ -239,6 +271,8 @@ def _step_details(run: Run, step: StepState) -> list[str]:
         details.append(
             "tasks: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         )
+    if not with_failed_tasks:  # the attempts show them
+        return details
     failed = [t for t in step.tasks if t.error_message and t.status != "completed"]
     for task in failed[:3]:
         details.append(
@@ -247,6 +281,59 @@ def _step_details(run: Run, step: StepState) -> list[str]:
     if len(failed) > 3:
         details.append(f"... and {len(failed) - 3} more failed tasks")
     return details
+
+
+# in a step of more tasks than this, tasks that completed at their first attempt are only counted
+ATTEMPTS_LISTED_TASKS = 10
+
+
+def _attempt_lines(
+    attempts: Sequence[TaskAttempt], tracebacks: bool, all_attempts: bool
+) -> list[str]:
+    """One line per attempt: task, attempt, outcome, start and end, duration, worker, error;
+    the traceback under it when asked for. In a step of many tasks, unless `all_attempts`, the
+    tasks whose one attempt completed are counted on one line instead."""
+    tasks: dict[int, list[TaskAttempt]] = {}
+    for attempt in attempts:
+        tasks.setdefault(attempt.task_index, []).append(attempt)
+    plain = {
+        index for index, task in tasks.items() if len(task) == 1 and task[0].outcome == "completed"
+    }
+    if all_attempts or len(tasks) <= ATTEMPTS_LISTED_TASKS:
+        plain = set()
+    lines: list[str] = []
+    for index, task in tasks.items():
+        if index in plain:
+            continue
+        for attempt in task:
+            lines.append(_attempt_line(attempt))
+            if tracebacks and attempt.traceback:
+                lines.extend("    " + line for line in attempt.traceback.splitlines())
+    if plain:
+        lines.append(
+            f"{len(plain)} more tasks completed at their first attempt (--all-attempts lists them)"
+        )
+    return lines
+
+
+def _attempt_line(attempt: TaskAttempt) -> str:
+    parts = [
+        f"task {attempt.task_index}",
+        f"attempt {attempt.attempt}",
+        attempt.outcome,
+        f"{_clock(attempt.started_at)} -> {_clock(attempt.ended_at)}",
+        _duration(attempt.started_at, attempt.ended_at),
+        f"worker {attempt.worker_id[:8]}" if attempt.worker_id else "worker -",
+    ]
+    line = "  ".join(parts)
+    return f"{line}: {attempt.error_message}" if attempt.error_message else line
+
+
+def _clock(moment: datetime | None) -> str:
+    """A time of day in the local time zone, to the millisecond."""
+    if moment is None:
+        return "?"
+    return moment.astimezone().strftime("%H:%M:%S.%f")[:-3]
 
 
 def register_cancel(commands: Subparsers) -> None:

@@ -30,8 +30,10 @@ EMBEDDED_SOURCE = "embedded"
 MASK = "***"
 
 # A URL token runs to the next whitespace: cutting it at quotes or other punctuation could cut a
-# password in half and leave its tail visible.
-_URL_TOKEN = r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>\S*)"
+# password in half and leave its tail visible. Its scheme is taken from the start of a run of
+# scheme characters only: trying every position inside a long run (a base64 blob in an error
+# message) would take time quadratic in its length.
+_URL_TOKEN = r"(?<![A-Za-z0-9+.\-])(?P<scheme>[A-Za-z0-9+.\-]+://)(?P<rest>\S*)"
 # Any key ending in "password" (password, sslpassword, PGPASSWORD...) in key=value text. As in
 # libpq, a backslash escapes the next character (also a blank) in quoted and unquoted values. A
 # quoted value may be unterminated; it then runs to the end of the text, which hides too much

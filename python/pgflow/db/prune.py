@@ -22,6 +22,8 @@ class Pruned:
     runs: int
     step_states: int
     step_tasks: int
+    task_attempts: int
+    """Ended attempts of the pruned runs' tasks (pgflow.task_attempts)."""
     queued_messages: int
     """Messages of pruned runs still in a flow's queue."""
     archived_messages: int
@@ -37,6 +39,7 @@ class Pruned:
             self.runs
             + self.step_states
             + self.step_tasks
+            + self.task_attempts
             + self.queued_messages
             + self.archived_messages
             + self.workers
@@ -45,7 +48,7 @@ class Pruned:
 
 
 def prune(dsn: str, older_than: timedelta, *, dry_run: bool = False) -> Pruned:
-    """Delete finished runs (with their step states, tasks and queued messages), workers,
+    """Delete finished runs (with their step states, tasks, attempts and queued messages), workers,
     archived queue messages and kept events older than `older_than`.
 
     `dry_run` runs the same deletion in a transaction that is rolled back, so the counts are
@@ -75,6 +78,7 @@ def prune(dsn: str, older_than: timedelta, *, dry_run: bool = False) -> Pruned:
         runs=int(counts["runs"]),
         step_states=int(counts["step_states"]),
         step_tasks=int(counts["step_tasks"]),
+        task_attempts=int(counts["task_attempts"]),
         queued_messages=int(counts["queued_messages"]),
         archived_messages=int(counts["archived_messages"]),
         workers=int(counts["workers"]),

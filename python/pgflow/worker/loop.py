@@ -79,6 +79,7 @@ from pgflow.worker.reports import (
     error_text,
 )
 from pgflow.worker.run_inputs import RunInputCache
+from pgflow.worker.tracebacks import clean_traceback, redact_secrets
 
 logger = logging.getLogger("pgflow.worker")
 
@@ -430,6 +431,7 @@ class Worker:
                 error=error,
                 flow_slug=flow_slug,
                 retry="now",
+                ended="worker_stopped",
             )
             self._pending.append(outcome)
             self._task_failed(flow_slug, task, outcome, now - started)
@@ -780,7 +782,14 @@ class Worker:
                         task_index,
                         self.options.executor,
                     )
-                outcome.error = error_text(result.error_type, result.error_message)
+                # stored where every reader of runs sees it, like the traceback: no passwords
+                outcome.error = error_text(
+                    result.error_type,
+                    redact_secrets(result.error_message) if result.error_message else None,
+                )
+                outcome.traceback = clean_traceback(result.traceback)
+                if result.timed_out:
+                    outcome.ended = "timed_out"
                 if result.final:
                     outcome.retry = "never"
             self._pending.append(outcome)

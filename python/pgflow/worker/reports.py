@@ -47,6 +47,11 @@ class Outcome:
     flow_slug: str | None = None
     # for a failure, fail_task's retry mode: None (backoff), "now" or "never"
     retry: str | None = None
+    # for a failure, the handler's traceback (redacted and bounded: see tracebacks.py)
+    traceback: str | None = None
+    # for a failure, how its attempt ended when not as a plain failure: "timed_out" or
+    # "worker_stopped" (fail_task's `outcome`)
+    ended: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -172,12 +177,13 @@ class ResultSink(Protocol):
 
 _REPORT_SQL = (
     "select pgflow.report_tasks(%s::uuid[], %s::text[], %s::int[], %s::jsonb, %s::text[], "
-    "%s::int[], %s::text[])"
+    "%s::int[], %s::text[], %s::text[], %s::text[])"
 )
 _REPORT_AND_CLAIM_SQL = (
     "select kind, msg_id, run_id, step_slug, task_index, attempt, mode, deps, payload "
     "from pgflow.report_and_claim(%s, %s, %s, %s::uuid[], %s::text[], %s::int[], %s::jsonb, "
-    "%s::text[], %s::int[], retry_modes => %s::text[])"
+    "%s::text[], %s::int[], retry_modes => %s::text[], tracebacks => %s::text[], "
+    "outcomes => %s::text[])"
 )
 
 
@@ -191,7 +197,10 @@ def _report_args(
         encode_outputs(outcomes, max_output_bytes, serializers),
         [o.error for o in outcomes],
         [o.attempt for o in outcomes],
+        # NULL rather than arrays of NULLs when no result needs them (batches of completions)
         [o.retry for o in outcomes] if any(o.retry for o in outcomes) else None,
+        [o.traceback for o in outcomes] if any(o.traceback for o in outcomes) else None,
+        [o.ended for o in outcomes] if any(o.ended for o in outcomes) else None,
     )
 
 
@@ -257,8 +266,18 @@ class PerTaskSink:
                 )
             else:
                 conn.execute(
-                    "select 1 from pgflow.fail_task(%s, %s, %s, %s, %s::int, %s::text)",
-                    (o.run_id, o.step_slug, o.task_index, o.error, o.attempt, o.retry),
+                    "select 1 from pgflow.fail_task(%s, %s, %s, %s, %s::int, %s::text, "
+                    "%s::text, %s::text)",
+                    (
+                        o.run_id,
+                        o.step_slug,
+                        o.task_index,
+                        o.error,
+                        o.attempt,
+                        o.retry,
+                        o.traceback,
+                        o.ended,
+                    ),
                 )
 
     def report_and_claim(

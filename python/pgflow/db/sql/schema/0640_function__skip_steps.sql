@@ -2,7 +2,7 @@
 -- the run's remaining steps. Children outside the set lose one remaining dependency each; a
 -- dependent map whose task count is still unknown learns that it has none. A step skipped
 -- because its handler failed keeps p_error_message (the task's error), as in pgflow, and its
--- step:skipped event carries it.
+-- step:skipped event carries it. A started task's attempt ends here: it is recorded as cancelled.
 create or replace function pgflow._skip_steps(
   p_run_id uuid, p_steps text[], p_reasons text[], p_error_message text default null
 )
@@ -31,6 +31,15 @@ begin
   if v_count = 0 then
     return 0;
   end if;
+
+  insert into pgflow.task_attempts (run_id, step_slug, task_index, attempt, flow_slug, worker_id,
+                                    started_at, ended_at, outcome, error_message)
+  select t.run_id, t.step_slug, t.task_index, t.attempts_count, t.flow_slug, t.last_worker_id,
+         t.started_at, greatest(now(), t.started_at), 'cancelled',
+         format('the step was skipped (%s)', x.reason)
+    from pgflow.step_tasks t
+    join unnest(p_steps, p_reasons) as x(slug, reason) on x.slug = t.step_slug
+   where t.run_id = p_run_id and t.status = 'started';
 
   with open_tasks as (
     update pgflow.step_tasks t set status = 'skipped'

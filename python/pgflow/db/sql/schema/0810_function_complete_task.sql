@@ -1,5 +1,6 @@
 -- Our form: attempt is the attempt number the claim returned; a result for an attempt that is
--- no longer current changes nothing (NULL: any attempt, as in the contract's form).
+-- no longer current changes nothing (NULL: any attempt, as in the contract's form). A result that
+-- applies ends the attempt: it is recorded in task_attempts.
 create or replace function pgflow.complete_task(
   run_id uuid, step_slug text, task_index int, output jsonb, attempt int
 )
@@ -38,6 +39,10 @@ begin
        set status = 'failed', failed_at = now(), error_message = v_error, output = complete_task.output
      where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug
        and t.task_index = complete_task.task_index;
+    insert into pgflow.task_attempts (run_id, step_slug, task_index, attempt, flow_slug, worker_id,
+                                      started_at, ended_at, outcome, error_message)
+    values (v_task.run_id, v_task.step_slug, v_task.task_index, v_task.attempts_count, v_task.flow_slug,
+            v_task.last_worker_id, v_task.started_at, now(), 'failed', v_error);
     perform pgflow._archive_messages(v_task.flow_slug, array[v_task.message_id]);
     perform pgflow._fail_step(complete_task.run_id, complete_task.step_slug, v_error);
     return query select t.* from pgflow.step_tasks t
@@ -50,6 +55,10 @@ begin
      set status = 'completed', completed_at = now(), output = complete_task.output
    where t.run_id = complete_task.run_id and t.step_slug = complete_task.step_slug
      and t.task_index = complete_task.task_index;
+  insert into pgflow.task_attempts (run_id, step_slug, task_index, attempt, flow_slug, worker_id,
+                                    started_at, ended_at, outcome)
+  values (v_task.run_id, v_task.step_slug, v_task.task_index, v_task.attempts_count, v_task.flow_slug,
+          v_task.last_worker_id, v_task.started_at, now(), 'completed');
   perform pgflow._archive_messages(v_task.flow_slug, array[v_task.message_id]);
 
   if v_step.step_type = 'single' then

@@ -3,9 +3,12 @@
 -- exponential delay; 'now' queues it again without delay (a worker that stopped before its
 -- task finished); 'never' fails the task at once, whatever attempts are left, and applies the
 -- step's when_exhausted (a handler that raised pgflow.Fail, an input its handler cannot take).
+-- The failure ends the attempt, recorded in task_attempts with `traceback` (ours: the handler's,
+-- NULL when there is none) and `outcome` (ours: 'failed', the default and NULL; 'timed_out' for a
+-- handler that ran past its timeout; 'worker_stopped' for one its worker stopped before it ended).
 create or replace function pgflow.fail_task(
   run_id uuid, step_slug text, task_index int, error_message text, attempt int,
-  retry text default null
+  retry text default null, traceback text default null, outcome text default null
 )
 returns setof pgflow.step_tasks
 language plpgsql
@@ -24,11 +27,20 @@ begin
     raise exception 'fail_task: retry must be ''backoff'', ''now'' or ''never'', got %',
       quote_literal(fail_task.retry) using errcode = '22023';
   end if;
+  if fail_task.outcome is not null and fail_task.outcome not in ('failed', 'timed_out', 'worker_stopped') then
+    raise exception 'fail_task: outcome must be ''failed'', ''timed_out'' or ''worker_stopped'', got %',
+      quote_literal(fail_task.outcome) using errcode = '22023';
+  end if;
   v_task := pgflow._lock_reported_task(fail_task.run_id, fail_task.step_slug, fail_task.task_index,
                                        fail_task.attempt);
   if v_task.run_id is null then
     return;  -- a late, duplicate or foreign result
   end if;
+  insert into pgflow.task_attempts (run_id, step_slug, task_index, attempt, flow_slug, worker_id,
+                                    started_at, ended_at, outcome, error_message, traceback)
+  values (v_task.run_id, v_task.step_slug, v_task.task_index, v_task.attempts_count, v_task.flow_slug,
+          v_task.last_worker_id, v_task.started_at, now(), coalesce(fail_task.outcome, 'failed'),
+          fail_task.error_message, fail_task.traceback);
 
   select coalesce(s.opt_max_attempts, f.opt_max_attempts), coalesce(s.opt_base_delay, f.opt_base_delay)
     into v_max_attempts, v_base_delay

@@ -14,7 +14,9 @@
 --   * for other runs, the completions that only count a map step down and come before anything
 --     else of their run are applied set-based, the rest with complete_task / fail_task in order.
 -- Late, duplicate, stale and foreign items are ignored one by one. Returns the number of items
--- that took effect. retry_modes[i], when given, is fail_task's `retry` for a failure.
+-- that took effect. retry_modes[i], tracebacks[i] and outcomes[i], when given, are fail_task's
+-- `retry`, `traceback` and `outcome` for a failure. Every item that takes effect ends its attempt
+-- and records it in task_attempts (the set-based completions with one insert for the batch).
 create or replace function pgflow.report_tasks(
   run_ids uuid[],
   step_slugs text[],
@@ -22,7 +24,9 @@ create or replace function pgflow.report_tasks(
   outputs jsonb,
   error_messages text[] default null,
   attempts int[] default null,
-  retry_modes text[] default null
+  retry_modes text[] default null,
+  tracebacks text[] default null,
+  outcomes text[] default null
 )
 returns int
 language plpgsql
@@ -51,9 +55,12 @@ begin
      or coalesce(jsonb_array_length(coalesce(report_tasks.outputs, '[]')), 0) not in (0, v_n)
      or (report_tasks.error_messages is not null and cardinality(report_tasks.error_messages) <> v_n)
      or (report_tasks.attempts is not null and cardinality(report_tasks.attempts) <> v_n)
-     or (report_tasks.retry_modes is not null and cardinality(report_tasks.retry_modes) <> v_n) then
+     or (report_tasks.retry_modes is not null and cardinality(report_tasks.retry_modes) <> v_n)
+     or (report_tasks.tracebacks is not null and cardinality(report_tasks.tracebacks) <> v_n)
+     or (report_tasks.outcomes is not null and cardinality(report_tasks.outcomes) <> v_n) then
     raise exception 'report_tasks: run_ids, step_slugs, task_indexes, outputs (a JSON array), '
-      'error_messages, attempts and retry_modes must all have one element per item (% items)', v_n
+      'error_messages, attempts, retry_modes, tracebacks and outcomes must all have one element '
+      'per item (% items)', v_n
       using errcode = '22023';
   end if;
   if v_n = 0 then
@@ -69,7 +76,7 @@ begin
     else
       perform 1 from pgflow.fail_task(report_tasks.run_ids[1], report_tasks.step_slugs[1],
         report_tasks.task_indexes[1], report_tasks.error_messages[1], report_tasks.attempts[1],
-        report_tasks.retry_modes[1]);
+        report_tasks.retry_modes[1], report_tasks.tracebacks[1], report_tasks.outcomes[1]);
     end if;
     return case when found then 1 else 0 end;
   end if;
@@ -143,12 +150,22 @@ begin
     into v_items
     from per_run p;
 
-  -- tasks
-  update pgflow.step_tasks t
-     set status = 'completed', completed_at = now(), output = coalesce(x.output, 'null'::jsonb)
-    from unnest(v_items) x
-   where x.bulk and t.run_id = x.run_id and t.step_slug = x.step_slug and t.task_index = x.task_index
-     and t.flow_slug = x.flow_slug and t.message_id = x.message_id;
+  -- tasks, and their attempts ended (the update returns the attempt's start and worker, which a
+  -- completion leaves as they are)
+  with completed as (
+    update pgflow.step_tasks t
+       set status = 'completed', completed_at = now(), output = coalesce(x.output, 'null'::jsonb)
+      from unnest(v_items) x
+     where x.bulk and t.run_id = x.run_id and t.step_slug = x.step_slug and t.task_index = x.task_index
+       and t.flow_slug = x.flow_slug and t.message_id = x.message_id
+    returning t.run_id, t.step_slug, t.task_index, t.attempts_count, t.flow_slug, t.last_worker_id,
+              t.started_at
+  )
+  insert into pgflow.task_attempts (run_id, step_slug, task_index, attempt, flow_slug, worker_id,
+                                    started_at, ended_at, outcome)
+  select c.run_id, c.step_slug, c.task_index, c.attempts_count, c.flow_slug, c.last_worker_id,
+         c.started_at, now(), 'completed'
+    from completed c;
   get diagnostics v_applied = row_count;
 
   for v_flow_msgs in
@@ -249,7 +266,9 @@ begin
     else
       perform 1 from pgflow.fail_task(v_item.run_id, v_item.step_slug, v_item.task_index,
                                       v_item.error_message, report_tasks.attempts[v_item.ord],
-                                      report_tasks.retry_modes[v_item.ord]);
+                                      report_tasks.retry_modes[v_item.ord],
+                                      report_tasks.tracebacks[v_item.ord],
+                                      report_tasks.outcomes[v_item.ord]);
     end if;
     if found then
       v_applied := v_applied + 1;

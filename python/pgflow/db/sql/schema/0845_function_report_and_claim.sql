@@ -8,7 +8,7 @@
 -- rows in claim_tasks' shape. No other worker ever sees them queued. Other workers are woken
 -- (NOTIFY) only for the tasks left over. Claims nothing when qty is 0 or the worker is not
 -- registered (the report still happens).
--- retry_modes: as report_tasks'.
+-- retry_modes, tracebacks, outcomes: as report_tasks'.
 create or replace function pgflow.report_and_claim(
   flow_slug text,
   worker_id uuid,
@@ -20,7 +20,9 @@ create or replace function pgflow.report_and_claim(
   error_messages text[] default null,
   attempts int[] default null,
   inline_array_limit int default 262144,
-  retry_modes text[] default null
+  retry_modes text[] default null,
+  tracebacks text[] default null,
+  outcomes text[] default null
 )
 returns table (
   kind text,
@@ -66,7 +68,8 @@ begin
   perform pgflow.report_tasks(report_and_claim.run_ids, report_and_claim.step_slugs,
                               report_and_claim.task_indexes, report_and_claim.outputs,
                               report_and_claim.error_messages, report_and_claim.attempts,
-                              report_and_claim.retry_modes);
+                              report_and_claim.retry_modes, report_and_claim.tracebacks,
+                              report_and_claim.outcomes);
 
   select array_agg(distinct r) into v_runs from unnest(report_and_claim.run_ids) r;
   if report_and_claim.qty > 0 and v_runs is not null

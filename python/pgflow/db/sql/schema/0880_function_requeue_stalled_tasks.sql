@@ -4,6 +4,7 @@
 -- used up, so its run cannot hang forever (its permanently_stalled_at tells it apart). As in
 -- pgflow, a requeued task forgets its start and worker, and the result counts only the tasks
 -- requeued; the worker that runs the sweep finds the terminalized ones by permanently_stalled_at.
+-- Either way the attempt ends, recorded in task_attempts as stalled.
 create or replace function pgflow.requeue_stalled_tasks()
 returns int
 language plpgsql
@@ -33,6 +34,13 @@ begin
     for update;
     continue when v_current.status <> 'started'
       or v_current.started_at >= now() - make_interval(secs => v_task.timeout + 30);
+
+    insert into pgflow.task_attempts (run_id, step_slug, task_index, attempt, flow_slug, worker_id,
+                                      started_at, ended_at, outcome, error_message)
+    values (v_current.run_id, v_current.step_slug, v_current.task_index, v_current.attempts_count,
+            v_current.flow_slug, v_current.last_worker_id, v_current.started_at, now(), 'stalled',
+            format('no result within the step''s timeout of %s s + 30 s: its worker is presumed dead',
+                   v_task.timeout));
 
     if v_current.requeued_count >= 3 then
       update pgflow.step_tasks t set permanently_stalled_at = now()

@@ -1,5 +1,5 @@
--- Deletes what is older than the interval: finished runs with their step states, tasks and
--- any of their messages still in a flow's queue; workers whose last heartbeat is older (a
+-- Deletes what is older than the interval: finished runs with their step states, tasks, task
+-- attempts and any of their messages still in a flow's queue; workers whose last heartbeat is older (a
 -- crashed worker never stops, and goes all the same; a live one registers again at its next
 -- heartbeat); archived messages; kept events (pgflow.events: those of the pruned runs, and any
 -- other event as old). Returns what it deleted, per kind (pgflow's returns nothing).
@@ -13,6 +13,7 @@ declare
   v_cutoff timestamptz;
   v_runs uuid[];
   v_tasks int;
+  v_attempts int;
   v_states int;
   v_workers int;
   v_events int;
@@ -41,6 +42,8 @@ begin
     v_queued := v_queued + v_n;
   end loop;
 
+  delete from pgflow.task_attempts a where a.run_id = any (v_runs);
+  get diagnostics v_attempts = row_count;
   delete from pgflow.step_tasks t where t.run_id = any (v_runs);
   get diagnostics v_tasks = row_count;
   delete from pgflow.step_states ss where ss.run_id = any (v_runs);
@@ -62,6 +65,7 @@ begin
   end loop;
 
   return jsonb_build_object('runs', cardinality(v_runs), 'step_states', v_states, 'step_tasks', v_tasks,
+                            'task_attempts', v_attempts,
                             'workers', v_workers, 'queued_messages', v_queued,
                             'archived_messages', v_messages, 'events', v_events);
 end;

@@ -39,11 +39,13 @@ begin
     grant execute on function pgflow.complete_task(uuid, text, int, jsonb) to pgflow_worker;
     grant execute on function pgflow.complete_task(uuid, text, int, jsonb, int) to pgflow_worker;
     grant execute on function pgflow.fail_task(uuid, text, int, text) to pgflow_worker;
-    grant execute on function pgflow.fail_task(uuid, text, int, text, int, text) to pgflow_worker;
+    grant execute on function pgflow.fail_task(uuid, text, int, text, int, text, text, text) to pgflow_worker;
     grant execute on function pgflow.claim_tasks(text, uuid, int, int) to pgflow_worker;
-    grant execute on function pgflow.report_tasks(uuid[], text[], int[], jsonb, text[], int[], text[]) to pgflow_worker;
+    grant execute on function pgflow.report_tasks(uuid[], text[], int[], jsonb, text[], int[], text[], text[],
+                                                  text[])
+      to pgflow_worker;
     grant execute on function pgflow.report_and_claim(text, uuid, int, uuid[], text[], int[], jsonb, text[], int[], int,
-                                           text[])
+                                           text[], text[], text[])
       to pgflow_worker;
     grant execute on function pgflow.extend_tasks(text, uuid, uuid[], text[], int[], int[])
       to pgflow_worker;
