@@ -74,7 +74,9 @@ def test_flows_list_options_runs_per_status_and_queue(
     assert s["queue_readable"] is True and s["queue"]["messages"] == 1
 
 
-def test_flow_detail_has_steps_conditions_and_a_layout(api: TestClient, ran: dict[str, str]) -> None:
+def test_flow_detail_has_steps_conditions_and_a_layout(
+    api: TestClient, ran: dict[str, str]
+) -> None:
     flow = api.get("/api/flows/dash_site").json()
     steps = {s["step_slug"]: s for s in flow["steps"]}
     assert steps["score"]["step_type"] == "map"
