@@ -178,13 +178,14 @@ async def runs_page(conn: Conn, where: RunFilter, after: str | None, limit: int)
         if after is not None:
             conditions.append(sql.SQL("run_id > %s::uuid"))
             params.append(_uuid(_decode_cursor(after, 1)[0]))
-        order = sql.SQL("run_id")
+        order = sql.SQL("runs.run_id")
     else:
         if after is not None:
             started_at, run_id = _decode_cursor(after, 2)
             conditions.append(sql.SQL("(started_at, run_id) < (%s::timestamptz, %s::uuid)"))
             params += [_timestamp(started_at), _uuid(run_id)]
-        order = sql.SQL("started_at desc, run_id desc")
+        # runs.run_id: the column (the bare name would be the select list's run_id::text)
+        order = sql.SQL("started_at desc, runs.run_id desc")
     query = sql.SQL("select {} from pgflow.runs {} order by {} limit %s").format(
         sql.SQL(_RUN_LIST_COLUMNS),
         sql.SQL("where ") + sql.SQL(" and ").join(conditions) if conditions else sql.SQL(""),
