@@ -156,6 +156,17 @@ def test_wheel_ships_every_migration(installed_venv: tuple[Path, Path]) -> None:
     assert shipped == expected
 
 
+def test_wheel_ships_the_dashboards_assets(installed_venv: tuple[Path, Path]) -> None:
+    """The dashboard's page, scripts and styles are package data: no build step, no network."""
+    wheel, _ = installed_venv
+    static = PROJECT / "python" / "pgflow" / "dashboard" / "static"
+    expected = sorted(f"pgflow/dashboard/static/{p.name}" for p in static.iterdir())
+    assert "pgflow/dashboard/static/index.html" in expected
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = sorted(n for n in archive.namelist() if n.startswith("pgflow/dashboard/static/"))
+    assert shipped == expected
+
+
 def test_installed_command_migrates_a_fresh_database(
     installed_venv: tuple[Path, Path], bare_env: dict[str, str], empty_db_dsn: str, tmp_path: Path
 ) -> None:

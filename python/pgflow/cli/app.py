@@ -1,8 +1,8 @@
 """The `pgflow` command.
 
 The commands live one module per group (`db`, `worker`, `workers`, `runs`, `flows`, `demo`,
-`bench`, `plugins`); the parser plumbing they share is `pgflow.cli.parser`. Adding a command:
-write a module whose `register(commands)` adds its subparsers with `parser.add_command` (which
+`bench`, `plugins`, `dashboard`); the parser plumbing they share is `pgflow.cli.parser`. Adding
+a command: write a module whose `register(commands)` adds its subparsers with `parser.add_command` (which
 attaches the global options and the handler), and list it in `COMMANDS`.
 A handler takes the parsed `argparse.Namespace` and returns the exit code; it raises
 `PgflowError` (or lets a psycopg error through) for anything the user must fix, and `main` turns
@@ -26,7 +26,7 @@ from typing import TextIO
 import psycopg
 
 from pgflow import __version__
-from pgflow.cli import bench, db, demo, flows, plugins, runs, worker, workers
+from pgflow.cli import bench, dashboard, db, demo, flows, plugins, runs, worker, workers
 from pgflow.cli.parser import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -87,6 +87,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     demo.register,
     bench.register,
     plugins.register,
+    dashboard.register,
 )
 """Every command group, in the order `pgflow --help` lists them."""
 

@@ -19,7 +19,12 @@ create table pgflow.runs (
   constraint failed_at_is_after_started_at check (failed_at is null or failed_at >= started_at),
   constraint cancelled_at_is_after_started_at check (cancelled_at is null or cancelled_at >= started_at)
 );
-create index runs_flow_slug_idx on pgflow.runs (flow_slug, started_at desc);
-create index runs_status_idx on pgflow.runs (status, started_at desc);
+-- Newest runs first, whole or by flow, status or both (the dashboard's pages, `pgflow runs
+-- list`): run_id breaks ties between runs started in one transaction, so a page can resume after
+-- the last run it showed (keyset pagination) from an index, at any depth.
+create index runs_started_at_idx on pgflow.runs (started_at desc, run_id desc);
+create index runs_flow_slug_idx on pgflow.runs (flow_slug, started_at desc, run_id desc);
+create index runs_status_idx on pgflow.runs (status, started_at desc, run_id desc);
+create index runs_flow_status_idx on pgflow.runs (flow_slug, status, started_at desc, run_id desc);
 create index runs_finished_at_idx on pgflow.runs ((coalesce(completed_at, failed_at, cancelled_at)))
   where status <> 'started';

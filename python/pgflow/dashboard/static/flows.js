@@ -1,0 +1,71 @@
+// Flows: each with its options, queue depth and runs per status; one flow with its DAG and its
+// steps' options and conditions.
+
+import { get } from "./api.js";
+import { drawDag } from "./dag.js";
+import { h, when } from "./dom.js";
+
+const STATUSES = ["started", "completed", "failed", "cancelled"];
+
+function runsLink(flow, status, n) {
+  const qs = new URLSearchParams({ flow, ...(status ? { status } : {}) });
+  return h("a", { href: `#/runs?${qs}`, dataset: { status } }, n.toLocaleString());
+}
+
+function queue(flow) {
+  if (!flow.queue_readable) return h("span", { class: "muted", title: "this role may not read pgmq's queues" }, "n/a");
+  return flow.queue ? `${flow.queue.messages.toLocaleString()}` : "0";
+}
+
+export async function flowsPage(main) {
+  const { flows } = await get("/api/flows");
+  main.replaceChildren(
+    h("h1", {}, "Flows"),
+    flows.length ? h("table", { id: "flows" },
+      h("thead", {}, h("tr", {},
+        ["flow", "steps", "max attempts", "base delay", "timeout", "queue", ...STATUSES, "created"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, flows.map((f) => h("tr", { dataset: { flow: f.flow_slug } },
+        h("td", {}, h("a", { href: `#/flows/${encodeURIComponent(f.flow_slug)}` }, f.flow_slug)),
+        h("td", { class: "num" }, String(f.step_count)),
+        h("td", { class: "num" }, String(f.max_attempts)),
+        h("td", { class: "num" }, `${f.base_delay} s`),
+        h("td", { class: "num" }, `${f.timeout} s`),
+        h("td", { class: "num queue" }, queue(f)),
+        STATUSES.map((st) => h("td", { class: "num" }, runsLink(f.flow_slug, st, f.runs[st]))),
+        h("td", {}, when(f.created_at)),
+      )))) : h("p", { class: "muted" }, "No flows yet: a worker defines its flows when it starts."),
+  );
+}
+
+export async function flowPage(main, slug) {
+  const flow = await get(`/api/flows/${encodeURIComponent(slug)}`);
+  main.replaceChildren(
+    h("h1", {}, "Flow ", flow.flow_slug),
+    h("dl", { class: "kv panel" },
+      h("dt", {}, "options"), h("dd", {}, `max attempts ${flow.max_attempts}, base delay ${flow.base_delay} s, timeout ${flow.timeout} s`),
+      flow.serializer ? [h("dt", {}, "serializer"), h("dd", {}, flow.serializer)] : null,
+      h("dt", {}, "queue"), h("dd", {}, queue(flow), " messages"),
+      h("dt", {}, "runs"), h("dd", {}, STATUSES.map((st) => [runsLink(flow.flow_slug, st, flow.runs[st]), ` ${st}  `])),
+    ),
+    h("h2", {}, "DAG"),
+    h("div", { class: "dag", id: "dag" }, drawDag(flow.steps)),
+    h("h2", {}, "Steps"),
+    h("table", { id: "steps" },
+      h("thead", {}, h("tr", {}, ["step", "type", "after", "attempts", "base delay", "timeout", "start delay", "condition", "when exhausted"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, flow.steps.map((st) => h("tr", { dataset: { step: st.step_slug } },
+        h("td", {}, st.step_slug), h("td", {}, st.step_type),
+        h("td", {}, st.dependencies.join(", ") || "–"),
+        h("td", { class: "num" }, String(st.max_attempts)), h("td", { class: "num" }, `${st.base_delay} s`),
+        h("td", { class: "num" }, `${st.timeout} s`), h("td", { class: "num" }, `${st.start_delay} s`),
+        h("td", { class: "mono" }, condition(st)),
+        h("td", {}, st.when_exhausted),
+      )))),
+  );
+}
+
+function condition(st) {
+  const parts = [];
+  if (st.required_input_pattern) parts.push(`if ${JSON.stringify(st.required_input_pattern)}`);
+  if (st.forbidden_input_pattern) parts.push(`if not ${JSON.stringify(st.forbidden_input_pattern)}`);
+  return parts.length ? `${parts.join(" and ")} (else ${st.when_unmet})` : "–";
+}

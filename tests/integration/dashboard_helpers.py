@@ -1,0 +1,203 @@
+"""Flows and servers for the dashboard's tests (test_dashboard_*.py).
+
+`site` is a flow with every shape the DAG draws: a root step, a map over its output, a step with
+a condition, a fan-in; its `publish` step waits for `GATE` when the input says `"wait": true`, so
+a test can watch a run while it moves. `broken` fails every attempt of its only step.
+`serve(config)` runs the dashboard in a real uvicorn on a free port (the live stream needs a
+real server). `attempts_table(conn)` creates `pgflow.task_attempts` as the attempts' migration
+defines it when the database has none yet, so the pages' attempt views are tested either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+
+from pgflow.context import Context
+from pgflow.dashboard import DashboardConfig, create_app
+from pgflow.flow import Flow
+from pgflow.worker import Worker
+
+CI_ENV = "PGFLOW_CI"
+GATE = threading.Event()
+
+site = Flow("dash_site", max_attempts=2, base_delay=0)
+
+
+@site.step()
+def pages(value: Any, ctx: Context) -> list[str]:
+    return [f"{value['url']}/{i}" for i in range(int(value.get("pages", 3)))]
+
+
+@site.map(array=pages)
+def score(page: str, ctx: Context) -> int:
+    return len(page)
+
+
+@site.step(depends_on=[pages], if_={"pages": ["x"]}, when_unmet="skip")
+def only_x(deps: Any, ctx: Context) -> str:
+    return "x"
+
+
+@site.step(depends_on=[score, pages])
+def publish(deps: Any, ctx: Context) -> dict[str, Any]:
+    if not GATE.wait(30):
+        raise TimeoutError("the test never opened the gate")
+    return {"total": sum(deps["score"]), "pages": len(deps["pages"]), "blob": "y" * 5000}
+
+
+broken = Flow("dash_broken", max_attempts=2, base_delay=0)
+
+
+@broken.step()
+def explode(value: Any, ctx: Context) -> None:
+    raise ValueError(f"boom: {value}")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        pause.wait(0.05)
+
+
+@contextlib.contextmanager
+def worker(dsn: str, *flows: Flow, gated: bool = False) -> Iterator[Worker]:
+    """A worker serving `flows` (default: both) in a thread (thread executor), stopped after the
+    block. `gated`: `publish` waits until the test sets `GATE`."""
+    if gated:
+        GATE.clear()
+    else:
+        GATE.set()
+    running = Worker(
+        list(flows or (site, broken)),
+        dsn=dsn,
+        executor="thread",
+        concurrency=4,
+        poll_interval=0.2,
+        shutdown_grace=5.0,
+        install_signal_handlers=False,
+    )
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            running.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="dashboard-test-worker", daemon=True)
+    thread.start()
+    wait_until(lambda: running.started.is_set() or not thread.is_alive(), "the worker to start")
+    assert thread.is_alive(), f"the worker did not start: {errors}"
+    try:
+        yield running
+    finally:
+        GATE.set()  # a gated handler must not hold up the stop
+        running.stop()
+        running.wait_stopped(30)
+        thread.join(30)
+    assert not errors, errors
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(config: DashboardConfig) -> Iterator[str]:
+    """The dashboard in a real uvicorn on 127.0.0.1 and a free port; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
+    )
+    thread = threading.Thread(target=server.run, name="dashboard-test-server", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started or not thread.is_alive(), "the dashboard to start")
+    assert server.started, "the dashboard did not start (see the log above)"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def sse_events(
+    client: httpx.Client, url: str, until: Callable[[str, str], bool], timeout: float = 30.0
+) -> list[tuple[str, str]]:
+    """Read the server-sent events at `url` until `until(event, data)` holds (or the stream
+    ends); returns every (event, data) read. Fails after `timeout` seconds."""
+    seen: list[tuple[str, str]] = []
+    event, data = "message", ""
+    deadline = time.monotonic() + timeout
+    with client.stream("GET", url, timeout=timeout) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            assert time.monotonic() < deadline, f"no matching event within {timeout:g}s: {seen}"
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+            elif line == "" and data:
+                seen.append((event, data))
+                if until(event, data):
+                    return seen
+                event, data = "message", ""
+    return seen
+
+
+ATTEMPTS_DDL = """
+create table if not exists pgflow.task_attempts (
+  run_id uuid not null,
+  step_slug text not null,
+  task_index int not null,
+  attempt int not null,
+  flow_slug text not null,
+  worker_id uuid,
+  started_at timestamptz,
+  ended_at timestamptz not null,
+  outcome text not null,
+  error_message text,
+  traceback text,
+  primary key (run_id, step_slug, task_index, attempt)
+)
+"""
+
+
+def attempts_table(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(ATTEMPTS_DDL)
+
+
+def require_chromium() -> str:
+    """Debian's chromium; skips without it, except in CI (PGFLOW_CI=1), where it fails."""
+    found = shutil.which("chromium") or (
+        "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+    )
+    if found:
+        return found
+    reason = "chromium is not installed (apt-get install chromium; .ci/run installs it)"
+    if os.environ.get(CI_ENV):
+        pytest.fail(f"{reason}, and {CI_ENV} is set: CI must run this test", pytrace=False)
+    pytest.skip(reason)

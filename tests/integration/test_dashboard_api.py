@@ -1,0 +1,324 @@
+"""The dashboard's JSON API, endpoint by endpoint, over HTTP (Starlette's TestClient, the app's
+lifespan included) against a real migrated database, with runs that a real worker ran."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from dashboard_helpers import attempts_table, broken, site, wait_until, worker
+from starlette.testclient import TestClient
+
+from pgflow.client import Client
+from pgflow.dashboard import DashboardConfig, create_app
+from pgflow.dashboard.queries import PREVIEW_CHARS, TASKS_PER_STEP
+
+BASE = "http://127.0.0.1:8008"
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def api(db_dsn: str) -> Iterator[TestClient]:
+    with TestClient(create_app(DashboardConfig(dsn=db_dsn)), base_url=BASE) as client:
+        yield client
+
+
+def finished(client: Client, run_id: str) -> None:
+    wait_until(lambda: client.status(run_id) != "started", f"run {run_id} to finish")
+
+
+@pytest.fixture
+def ran(db_dsn: str) -> dict[str, str]:
+    """A completed run of `site` (3 pages) and a failed run of `broken`."""
+    with Client(db_dsn) as client, worker(db_dsn):
+        done = client.start(site, {"url": "https://example.org", "pages": 3})
+        failed = client.start(broken, {"why": "test"})
+        finished(client, done)
+        finished(client, failed)
+    return {"done": done, "failed": failed}
+
+
+def test_session_says_what_the_page_may_do(api: TestClient) -> None:
+    session = api.get("/api/session").json()
+    assert session["actions"] is False and session["csrf_token"] is None
+    assert session["attempts_kept"] is False
+    assert session["live"] == "poll" and session["events_on"] is False
+
+
+def test_the_page_and_its_assets_are_served(api: TestClient) -> None:
+    page = api.get("/")
+    assert page.status_code == 200 and 'src="/static/app.js"' in page.text
+    for asset in ("app.js", "api.js", "dag.js", "dom.js", "run.js", "runs.js", "app.css"):
+        response = api.get(f"/static/{asset}")
+        assert response.status_code == 200, asset
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert api.get("/static/nothing.js").status_code == 404
+
+
+def test_flows_list_options_runs_per_status_and_queue(
+    api: TestClient, ran: dict[str, str], conn: Conn
+) -> None:
+    with Client(conn.info.dsn) as client:
+        client.start(site, {"url": "u"})  # queued: no worker runs now
+    flows = {f["flow_slug"]: f for f in api.get("/api/flows").json()["flows"]}
+    assert set(flows) == {"dash_site", "dash_broken"}
+    s = flows["dash_site"]
+    assert (s["max_attempts"], s["base_delay"], s["timeout"], s["step_count"]) == (2, 0, 60, 4)
+    assert s["runs"] == {"started": 1, "completed": 1, "failed": 0, "cancelled": 0}
+    assert flows["dash_broken"]["runs"]["failed"] == 1
+    assert s["queue_readable"] is True and s["queue"]["messages"] == 1
+
+
+def test_flow_detail_has_steps_conditions_and_a_layout(
+    api: TestClient, ran: dict[str, str]
+) -> None:
+    flow = api.get("/api/flows/dash_site").json()
+    steps = {s["step_slug"]: s for s in flow["steps"]}
+    assert steps["score"]["step_type"] == "map"
+    assert steps["only_x"]["required_input_pattern"] == {"pages": ["x"]}
+    assert steps["only_x"]["when_unmet"] == "skip"
+    assert sorted(steps["publish"]["dependencies"]) == ["pages", "score"]
+    assert {s: (v["layer"], v["order"]) for s, v in steps.items()} == {
+        "pages": (0, 0),
+        "score": (1, 0),
+        "only_x": (1, 1),
+        "publish": (2, 0),
+    }
+    missing = api.get("/api/flows/nope")
+    assert missing.status_code == 404 and "nope" in missing.json()["error"]
+
+
+def _start_many(conn: Conn, flow: str, count: int) -> list[str]:
+    """`count` runs started in one transaction: they share started_at, so only run_id orders
+    them (what keyset pagination must get right)."""
+    with conn.transaction():
+        rows = conn.execute(
+            "select (pgflow.start_flow(%s, '{}'::jsonb)).run_id::text from generate_series(1, %s)",
+            (flow, count),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _define(conn: Conn, slug: str) -> None:
+    conn.execute("select pgflow.create_flow(%s)", (slug,))
+    conn.execute("select pgflow.add_step(%s, 'only')", (slug,))
+
+
+def test_runs_pages_cover_every_run_once_newest_first(api: TestClient, conn: Conn) -> None:
+    _define(conn, "pa")
+    _define(conn, "pb")
+    older = _start_many(conn, "pa", 7)
+    newer = _start_many(conn, "pb", 6) + _start_many(conn, "pa", 5)
+    seen: list[dict[str, Any]] = []
+    after = None
+    while True:
+        page = api.get("/api/runs", params={"limit": 4, **({"after": after} if after else {})})
+        assert page.status_code == 200, page.text
+        seen += page.json()["runs"]
+        after = page.json()["next"]
+        if after is None:
+            break
+    ids = [r["run_id"] for r in seen]
+    assert sorted(ids) == sorted(older + newer) and len(ids) == len(set(ids))
+    times = [r["started_at"] for r in seen]
+    assert times == sorted(times, reverse=True)
+    # the newest transaction's runs come before the older one's
+    assert set(ids[:11]) == set(newer) and set(ids[11:]) == set(older)
+
+
+def test_runs_filtered_by_flow_and_status(api: TestClient, conn: Conn) -> None:
+    _define(conn, "pa")
+    _define(conn, "pb")
+    a = _start_many(conn, "pa", 3)
+    b = _start_many(conn, "pb", 2)
+    conn.execute("select pgflow.cancel_run(%s)", (a[0],))
+    by_flow = api.get("/api/runs", params={"flow": "pb"}).json()["runs"]
+    assert sorted(r["run_id"] for r in by_flow) == sorted(b)
+    cancelled = api.get("/api/runs", params={"flow": "pa", "status": "cancelled"}).json()["runs"]
+    assert [r["run_id"] for r in cancelled] == [a[0]]
+    started = api.get("/api/runs", params={"status": "started"}).json()["runs"]
+    assert len(started) == 4
+    paged = api.get("/api/runs", params={"flow": "pa", "status": "started", "limit": 1}).json()
+    second = api.get(
+        "/api/runs", params={"flow": "pa", "status": "started", "after": paged["next"]}
+    ).json()
+    assert {paged["runs"][0]["run_id"], second["runs"][0]["run_id"]} == set(a[1:])
+    assert second["next"] is None
+
+
+def test_runs_searched_by_id_prefix(api: TestClient, conn: Conn) -> None:
+    _define(conn, "pa")
+    ids = _start_many(conn, "pa", 30)
+    target = ids[7]
+    found = api.get("/api/runs", params={"q": target[:13]}).json()["runs"]
+    assert [r["run_id"] for r in found] == [target]
+    by_digit = api.get("/api/runs", params={"q": target[0], "limit": 200}).json()["runs"]
+    assert target in [r["run_id"] for r in by_digit]
+    assert all(r["run_id"].startswith(target[0]) for r in by_digit)
+    assert api.get("/api/runs", params={"q": "zz"}).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"status": "done"}, "unknown run status 'done'"),
+        ({"limit": "0"}, "limit must be between 1 and 200"),
+        ({"limit": "many"}, "limit must be a whole number"),
+        ({"after": "garbage"}, "page cursor 'garbage' is not one this dashboard made"),
+    ],
+)
+def test_runs_refuses_bad_parameters(api: TestClient, params: dict[str, str], says: str) -> None:
+    response = api.get("/api/runs", params=params)
+    assert response.status_code == 400
+    assert says in response.json()["error"]
+
+
+def test_a_run_with_steps_tasks_and_values(api: TestClient, ran: dict[str, str]) -> None:
+    run = api.get(f"/api/runs/{ran['done']}").json()
+    assert run["status"] == "completed" and run["flow_slug"] == "dash_site"
+    assert run["input"] == {
+        "text": '{"url": "https://example.org", "pages": 3}',
+        "size": 42,
+        "truncated": False,
+    }
+    steps = {s["step_slug"]: s for s in run["steps"]}
+    assert [s["step_slug"] for s in run["steps"]] == ["pages", "score", "only_x", "publish"]
+    assert steps["only_x"]["status"] == "skipped"
+    assert steps["only_x"]["skip_reason"] == "condition_unmet"
+    assert steps["score"]["task_counts"] == {"completed": 3} and steps["score"]["tasks_total"] == 3
+    assert [t["task_index"] for t in steps["score"]["tasks"]] == [0, 1, 2]
+    task = steps["score"]["tasks"][0]
+    assert task["status"] == "completed" and task["attempts_count"] == 1
+    assert task["output"]["text"] == str(len("https://example.org/0"))
+    assert task["worker"] and task["started_at"] and task["completed_at"]
+    assert task["attempts"] is None  # no attempts table in this database
+    # a large output is cut short, and its whole value is one request away
+    out = run["output"]
+    assert out["truncated"] is True and len(out["text"]) == PREVIEW_CHARS
+    whole = api.get(f"/api/runs/{ran['done']}/output")
+    assert whole.json()["publish"]["blob"] == "y" * 5000
+    assert len(whole.text) == out["size"]
+    step_out = api.get(f"/api/runs/{ran['done']}/steps/pages/output").json()
+    assert step_out == [f"https://example.org/{i}" for i in range(3)]
+    assert api.get(f"/api/runs/{ran['done']}/steps/score/tasks/2/output").json() == len(
+        "https://example.org/2"
+    )
+    assert api.get(f"/api/runs/{ran['done']}/input").json()["pages"] == 3
+    assert api.get(f"/api/runs/{ran['done']}/steps/only_x/output").text == "null"
+
+
+def test_a_failed_run_shows_its_error_without_attempts(
+    api: TestClient, ran: dict[str, str]
+) -> None:
+    run = api.get(f"/api/runs/{ran['failed']}").json()
+    assert run["status"] == "failed"
+    (step,) = run["steps"]
+    (task,) = step["tasks"]
+    assert task["status"] == "failed" and task["attempts_count"] == 2
+    assert task["error_message"].startswith("ValueError: boom:")
+    assert task["attempts"] is None
+    traceback = api.get(f"/api/runs/{ran['failed']}/steps/explode/tasks/0/attempts/1/traceback")
+    assert traceback.status_code == 404 and "keeps no attempts" in traceback.json()["error"]
+
+
+def test_attempts_and_tracebacks_when_the_database_keeps_them(
+    db_dsn: str, ran: dict[str, str], conn: Conn
+) -> None:
+    attempts_table(conn)
+    long_trace = "Traceback (most recent call last):\n" + "  frame\n" * 1000 + "ValueError: boom"
+    conn.execute(
+        "insert into pgflow.task_attempts (run_id, step_slug, task_index, attempt, flow_slug,"
+        " started_at, ended_at, outcome, error_message, traceback) values"
+        " (%(r)s, 'explode', 0, 1, 'dash_broken', now() - interval '2 s', now() - interval '1 s',"
+        "  'failed', 'ValueError: boom: 1', 'Traceback: short'),"
+        " (%(r)s, 'explode', 0, 2, 'dash_broken', now() - interval '1 s', now(), 'failed',"
+        "  'ValueError: boom: 2', %(t)s)"
+        " on conflict do nothing",
+        {"r": ran["failed"], "t": long_trace},
+    )
+    with TestClient(create_app(DashboardConfig(dsn=db_dsn)), base_url=BASE) as api:
+        assert api.get("/api/session").json()["attempts_kept"] is True
+        run = api.get(f"/api/runs/{ran['failed']}").json()
+        (task,) = run["steps"][0]["tasks"]
+        attempts = {a["attempt"]: a for a in task["attempts"]}
+        assert attempts[1]["outcome"] == "failed"
+        assert attempts[1]["traceback"]["truncated"] is False
+        second = attempts[2]["traceback"]
+        assert second["truncated"] is True and second["size"] == len(long_trace)
+        whole = api.get(f"/api/runs/{ran['failed']}/steps/explode/tasks/0/attempts/2/traceback")
+        assert whole.status_code == 200 and whole.text == long_trace
+        assert whole.headers["content-type"].startswith("text/plain")
+        gone = api.get(f"/api/runs/{ran['failed']}/steps/explode/tasks/0/attempts/9/traceback")
+        assert gone.status_code == 404
+        # a run whose tasks have no attempts recorded shows empty lists, not the fallback
+        done = api.get(f"/api/runs/{ran['done']}").json()
+        assert done["steps"][0]["tasks"][0]["attempts"] == []
+
+
+def test_a_map_steps_tasks_page_by_page(db_dsn: str, api: TestClient) -> None:
+    count = TASKS_PER_STEP + 25
+    with Client(db_dsn) as client, worker(db_dsn, site):
+        run_id = client.start(site, {"url": "u", "pages": count})
+        finished(client, run_id)
+    run = api.get(f"/api/runs/{run_id}").json()
+    score = next(s for s in run["steps"] if s["step_slug"] == "score")
+    assert len(score["tasks"]) == TASKS_PER_STEP and score["tasks_total"] == count
+    after = score["tasks"][-1]["task_index"]
+    rest = api.get(f"/api/runs/{run_id}/steps/score/tasks", params={"after": after}).json()
+    assert [t["task_index"] for t in rest["tasks"]] == list(range(TASKS_PER_STEP, count))
+    assert rest["next"] is None
+    page = api.get(f"/api/runs/{run_id}/steps/score/tasks", params={"limit": 10}).json()
+    assert page["next"] == 9
+    failed = api.get(f"/api/runs/{run_id}/steps/score/tasks", params={"status": "failed"})
+    assert failed.json() == {"tasks": [], "next": None}
+
+
+@pytest.mark.parametrize("run_id", [str(uuid.uuid4()), "not-a-uuid"])
+def test_an_unknown_run_is_404(api: TestClient, run_id: str) -> None:
+    for path in ("", "/input", "/events", "/steps/a/tasks/0/output"):
+        response = api.get(f"/api/runs/{run_id}{path}")
+        assert response.status_code == 404, (path, response.text)
+        assert "error" in response.json()
+
+
+def test_workers_live_stopped_and_presumed_dead(api: TestClient, conn: Conn) -> None:
+    _define(conn, "pa")
+    _define(conn, "pb")
+    live, stopped, dead = (str(uuid.uuid4()) for _ in range(3))
+    for worker_id, flow in ((live, "pa"), (stopped, "pb"), (dead, "pa")):
+        conn.execute("select pgflow.register_worker(%s, %s, 'host:1')", (worker_id, flow))
+    conn.execute("select pgflow.mark_worker_stopped(%s)", (stopped,))
+    conn.execute(
+        "update pgflow.workers set last_heartbeat_at = now() - interval '1 hour'"
+        " where worker_id = %s",
+        (dead,),
+    )
+    workers = api.get("/api/workers").json()["workers"]
+    states = {w["worker_id"]: w["state"] for w in workers}
+    assert states == {live: "live", stopped: "stopped", dead: "presumed dead"}
+    assert [w["worker_id"] for w in workers] == [live, dead, stopped]
+    by_id = {w["worker_id"]: w for w in workers}
+    assert [by_id[w]["flows"] for w in (live, stopped, dead)] == [["pa"], ["pb"], ["pa"]]
+    assert by_id[live]["function_name"] == "host:1"
+    assert by_id[dead]["heartbeat_age"] > 3000 and by_id[live]["heartbeat_age"] < 60
+
+
+def test_an_unknown_endpoint_says_so(api: TestClient) -> None:
+    response = api.get("/api/nothing")
+    assert response.status_code == 404
+    assert "no such page or endpoint: /api/nothing" in response.json()["error"]
+
+
+def test_a_database_that_is_not_migrated_is_refused_at_start(empty_db_dsn: str) -> None:
+    from pgflow.errors import MigrationError
+
+    with (
+        pytest.raises(MigrationError, match="pgflow db migrate"),
+        TestClient(create_app(DashboardConfig(dsn=empty_db_dsn)), base_url=BASE),
+    ):
+        pass

@@ -1,0 +1,172 @@
+"""Every statement the dashboard sends about runs, steps, tasks and attempts is served by an
+index: each is EXPLAINed, as the dashboard sends it, on a database of 20,000 runs filled as
+benches/bench_dashboard.py fills its 100,000 (the planner's choices are the same at both sizes:
+the bench's page times confirm it), with the planner free to choose (enable_seqscan stays on).
+
+What is not checked here: flow definitions and workers, read through `pgflow.client` from
+tables whose size does not grow with runs (`steps`, `deps`, `workers`, which
+`prune_data_older_than` keeps to recent workers), and pgmq's own `metrics_all()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from dashboard_helpers import ATTEMPTS_DDL
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from pgflow.dashboard import queries
+from pgflow.dashboard.queries import RunFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benches"))
+from bench_dashboard import FLOW_A, FLOW_B, fill
+
+RUNS = 20_000
+WATCHED = ("runs", "step_states", "step_tasks", "task_attempts")
+
+
+class Explaining:
+    """An async connection that EXPLAINs each statement before running it."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[dict[str, Any]]) -> None:
+        self.conn = conn
+        self.plans: list[tuple[str, dict[str, Any]]] = []
+
+    def transaction(self) -> Any:
+        return self.conn.transaction()
+
+    async def execute(self, query: Any, params: Any = None) -> Any:
+        text = query if isinstance(query, str) else query.as_string(self.conn)
+        explained = sql.SQL("explain (format json) ") + sql.SQL(text)  # type: ignore[arg-type]
+        cursor = await self.conn.execute(explained, params)
+        row = await cursor.fetchone()
+        assert row is not None
+        self.plans.append((text, row["QUERY PLAN"][0]["Plan"]))
+        return await self.conn.execute(query, params)
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from nodes(child)
+
+
+@pytest.fixture(scope="module")
+def big_db(_admin: psycopg.Connection[Any], migrated_template: str, dsn_for: Any) -> Iterator[str]:
+    name = f"pgflow_dash_plans_{uuid.uuid4().hex[:12]}"
+    _admin.execute(
+        sql.SQL("create database {} template {}").format(
+            sql.Identifier(name), sql.Identifier(migrated_template)
+        )
+    )
+    dsn = dsn_for(name)
+    try:
+        fill(dsn, RUNS)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(ATTEMPTS_DDL)
+            conn.execute(
+                "insert into pgflow.task_attempts (run_id, step_slug, task_index, attempt,"
+                " flow_slug, ended_at, outcome) select run_id, step_slug, task_index, 1,"
+                " flow_slug, now(), 'completed' from pgflow.step_tasks"
+            )
+            conn.execute("vacuum analyze")
+        yield dsn
+    finally:
+        _admin.execute(
+            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+        )
+
+
+async def _every_statement(dsn: str) -> list[tuple[str, dict[str, Any]]]:
+    async with await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, row_factory=dict_row
+    ) as raw:
+        cursor = await raw.execute(
+            "select run_id::text as id, started_at from pgflow.runs where flow_slug = %s"
+            " and status = 'completed' order by started_at desc offset 500 limit 1",
+            (FLOW_A,),
+        )
+        sample = await cursor.fetchone()
+        assert sample is not None
+        run_id = sample["id"]
+        deep = queries._encode_cursor(sample["started_at"].isoformat(), run_id)
+        conn: Any = Explaining(raw)
+        await queries.flows(conn)
+        await queries.flows(conn, FLOW_A)
+        for where in (
+            RunFilter(),
+            RunFilter(flow=FLOW_A),
+            RunFilter(status="failed"),
+            RunFilter(flow=FLOW_B, status="cancelled"),
+        ):
+            await queries.runs_page(conn, where, None, 50)
+            await queries.runs_page(conn, where, deep, 50)
+        await queries.runs_page(conn, RunFilter(prefix=run_id[:3]), None, 50)
+        await queries.runs_page(
+            conn, RunFilter(prefix=run_id[:2]), queries._encode_cursor(run_id), 50
+        )
+        await queries.run_detail(conn, run_id, with_attempts=True)
+        await queries.step_tasks(
+            conn, run_id, "score", after=0, status=None, limit=50, with_attempts=True
+        )
+        await queries.step_tasks(
+            conn, run_id, "score", after=-1, status="failed", limit=50, with_attempts=True
+        )
+        await queries.run_state(conn, run_id)
+        await queries.value(conn, "input", run_id)
+        await queries.value(conn, "output", run_id)
+        await queries.value(conn, "step_output", run_id, "score")
+        await queries.value(conn, "task_output", run_id, "score", 1)
+        await queries.value(conn, "traceback", run_id, "score", 1, 1)
+        return conn.plans  # type: ignore[no-any-return]
+
+
+def test_every_dashboard_statement_uses_indexes(big_db: str) -> None:
+    plans = asyncio.run(_every_statement(big_db))
+    checked = 0
+    for text, plan in plans:
+        found = list(nodes(plan))
+        seq = [n["Relation Name"] for n in found if n["Node Type"] == "Seq Scan"]
+        watched = [r for r in seq if r in WATCHED]
+        assert not watched, f"sequential scan of {watched} in:\n{text}\nplan: {plan}"
+        used = {n.get("Index Name") for n in found if n.get("Index Name")}
+        touches = {n.get("Relation Name") for n in found} & set(WATCHED)
+        if touches:
+            assert used, f"no index used for {touches} in:\n{text}"
+            checked += 1
+    assert checked >= 20, f"only {checked} statements reached runs, steps, tasks or attempts"
+
+
+def test_the_run_lists_read_in_index_order_without_sorting(big_db: str) -> None:
+    """A page of runs is the first rows of an index scan (newest first, or by id for a
+    prefix), never a sort of every matching run: the cost of a page does not grow with the
+    number of runs. Which index depends on selectivity (a flow with 3 runs in 4 is read from
+    runs_started_at_idx, filtered)."""
+    plans = asyncio.run(_every_statement(big_db))
+    lists = [
+        list(nodes(plan))
+        for text, plan in plans
+        if text.startswith("select run_id::text, flow_slug, status")
+    ]
+    assert len(lists) == 10
+    keyset = {
+        "runs_started_at_idx",
+        "runs_flow_slug_idx",
+        "runs_status_idx",
+        "runs_flow_status_idx",
+        "runs_pkey",
+    }
+    for found in lists:
+        kinds = [n["Node Type"] for n in found]
+        assert kinds[0] == "Limit" and "Sort" not in kinds, kinds
+        assert {n.get("Index Name") for n in found} & keyset, found
+    used = {n.get("Index Name") for found in lists for n in found} - {None}
+    assert {"runs_flow_status_idx", "runs_status_idx", "runs_pkey"} <= used, used
