@@ -4,8 +4,7 @@
 a condition, a fan-in; its `publish` step waits for `GATE` when the input says `"wait": true`, so
 a test can watch a run while it moves. `broken` fails every attempt of its only step.
 `serve(config)` runs the dashboard in a real uvicorn on a free port (the live stream needs a
-real server). `attempts_table(conn)` creates `pgflow.task_attempts` as the attempts' migration
-defines it when the database has none yet, so the pages' attempt views are tested either way.
+real server).
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import uvicorn
 
@@ -166,28 +164,6 @@ def sse_events(
                     return seen
                 event, data = "message", ""
     return seen
-
-
-ATTEMPTS_DDL = """
-create table if not exists pgflow.task_attempts (
-  run_id uuid not null,
-  step_slug text not null,
-  task_index int not null,
-  attempt int not null,
-  flow_slug text not null,
-  worker_id uuid,
-  started_at timestamptz,
-  ended_at timestamptz not null,
-  outcome text not null,
-  error_message text,
-  traceback text,
-  primary key (run_id, step_slug, task_index, attempt)
-)
-"""
-
-
-def attempts_table(conn: psycopg.Connection[Any]) -> None:
-    conn.execute(ATTEMPTS_DDL)
 
 
 def require_chromium() -> str:

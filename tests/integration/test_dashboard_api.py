@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from dashboard_helpers import attempts_table, broken, site, wait_until, worker
+from dashboard_helpers import broken, site, wait_until, worker
 from starlette.testclient import TestClient
 
 from pgflow.client import Client
@@ -45,7 +45,6 @@ def ran(db_dsn: str) -> dict[str, str]:
 def test_session_says_what_the_page_may_do(api: TestClient) -> None:
     session = api.get("/api/session").json()
     assert session["actions"] is False and session["csrf_token"] is None
-    assert session["attempts_kept"] is False
     assert session["live"] == "poll" and session["events_on"] is False
 
 
@@ -196,7 +195,8 @@ def test_a_run_with_steps_tasks_and_values(api: TestClient, ran: dict[str, str])
     assert task["status"] == "completed" and task["attempts_count"] == 1
     assert task["output"]["text"] == str(len("https://example.org/0"))
     assert task["worker"] and task["started_at"] and task["completed_at"]
-    assert task["attempts"] is None  # no attempts table in this database
+    (attempt,) = task["attempts"]  # written by the worker's report
+    assert attempt["outcome"] == "completed" and attempt["worker_id"] is not None
     # a large output is cut short, and its whole value is one request away
     out = run["output"]
     assert out["truncated"] is True and len(out["text"]) == PREVIEW_CHARS
@@ -212,7 +212,7 @@ def test_a_run_with_steps_tasks_and_values(api: TestClient, ran: dict[str, str])
     assert api.get(f"/api/runs/{ran['done']}/steps/only_x/output").text == "null"
 
 
-def test_a_failed_run_shows_its_error_without_attempts(
+def test_a_failed_run_shows_its_error_and_every_attempt_with_its_traceback(
     api: TestClient, ran: dict[str, str]
 ) -> None:
     run = api.get(f"/api/runs/{ran['failed']}").json()
@@ -221,28 +221,33 @@ def test_a_failed_run_shows_its_error_without_attempts(
     (task,) = step["tasks"]
     assert task["status"] == "failed" and task["attempts_count"] == 2
     assert task["error_message"].startswith("ValueError: boom:")
-    assert task["attempts"] is None
-    traceback = api.get(f"/api/runs/{ran['failed']}/steps/explode/tasks/0/attempts/1/traceback")
-    assert traceback.status_code == 404 and "keeps no attempts" in traceback.json()["error"]
+    # recorded by the worker's reports: one per attempt, each with the handler's traceback
+    assert [(a["attempt"], a["outcome"]) for a in task["attempts"]] == [
+        (1, "failed"),
+        (2, "failed"),
+    ]
+    for attempt in task["attempts"]:
+        assert attempt["error_message"].startswith("ValueError: boom:")
+        assert attempt["worker_id"] is not None
+        whole = api.get(
+            f"/api/runs/{ran['failed']}/steps/explode/tasks/0/attempts/{attempt['attempt']}"
+            "/traceback"
+        )
+        assert whole.status_code == 200 and whole.text.startswith("Traceback")
+        assert "ValueError: boom" in whole.text
 
 
-def test_attempts_and_tracebacks_when_the_database_keeps_them(
+def test_a_long_traceback_is_cut_short_then_shown_whole(
     db_dsn: str, ran: dict[str, str], conn: Conn
 ) -> None:
-    attempts_table(conn)
     long_trace = "Traceback (most recent call last):\n" + "  frame\n" * 1000 + "ValueError: boom"
+    # as a caller of fail_task other than the worker (which bounds it to 16 KiB) could store
     conn.execute(
-        "insert into pgflow.task_attempts (run_id, step_slug, task_index, attempt, flow_slug,"
-        " started_at, ended_at, outcome, error_message, traceback) values"
-        " (%(r)s, 'explode', 0, 1, 'dash_broken', now() - interval '2 s', now() - interval '1 s',"
-        "  'failed', 'ValueError: boom: 1', 'Traceback: short'),"
-        " (%(r)s, 'explode', 0, 2, 'dash_broken', now() - interval '1 s', now(), 'failed',"
-        "  'ValueError: boom: 2', %(t)s)"
-        " on conflict do nothing",
+        "update pgflow.task_attempts set traceback = %(t)s"
+        " where run_id = %(r)s and step_slug = 'explode' and task_index = 0 and attempt = 2",
         {"r": ran["failed"], "t": long_trace},
     )
     with TestClient(create_app(DashboardConfig(dsn=db_dsn)), base_url=BASE) as api:
-        assert api.get("/api/session").json()["attempts_kept"] is True
         run = api.get(f"/api/runs/{ran['failed']}").json()
         (task,) = run["steps"][0]["tasks"]
         attempts = {a["attempt"]: a for a in task["attempts"]}
@@ -255,9 +260,10 @@ def test_attempts_and_tracebacks_when_the_database_keeps_them(
         assert whole.headers["content-type"].startswith("text/plain")
         gone = api.get(f"/api/runs/{ran['failed']}/steps/explode/tasks/0/attempts/9/traceback")
         assert gone.status_code == 404
-        # a run whose tasks have no attempts recorded shows empty lists, not the fallback
+        # a completed run's tasks show their one completed attempt, with no traceback
         done = api.get(f"/api/runs/{ran['done']}").json()
-        assert done["steps"][0]["tasks"][0]["attempts"] == []
+        (first,) = done["steps"][0]["tasks"][0]["attempts"]
+        assert first["outcome"] == "completed" and first["traceback"] is None
 
 
 def test_a_map_steps_tasks_page_by_page(db_dsn: str, api: TestClient) -> None:

@@ -15,11 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from dashboard_helpers import (
     GATE,
-    attempts_table,
     broken,
     require_chromium,
     serve,
@@ -57,8 +55,6 @@ def shot(page: Any, directory: Path, name: str) -> Path:
 def test_start_a_run_watch_it_complete_and_read_a_traceback(
     db_dsn: str, browser: Any, tmp_path: Path
 ) -> None:
-    with psycopg.connect(db_dsn, autocommit=True) as conn:
-        attempts_table(conn)  # what the attempts' migration creates, when it has not yet
     with (
         Client(db_dsn) as client,
         worker(db_dsn, gated=True),
@@ -103,7 +99,7 @@ def test_start_a_run_watch_it_complete_and_read_a_traceback(
         assert client.status(run_id) == "completed"
 
         # a failed task: its error, and the traceback of its last attempt
-        _record_attempts(db_dsn, client, failed_id)
+        wait_until(lambda: client.status(failed_id) != "started", "the failing run to fail")
         page.goto(f"{url}/#/runs/{failed_id}")
         page.wait_for_selector('#dag g.node[data-step="explode"][data-status="failed"]')
         assert "ValueError: boom" in page.inner_text("#step-explode .task-error")
@@ -123,23 +119,3 @@ def test_start_a_run_watch_it_complete_and_read_a_traceback(
         page.wait_for_selector('#workers tr[data-state="live"]')
         shot(page, tmp_path, "7-workers")
         assert not errors, errors
-
-
-def _record_attempts(dsn: str, client: Client, run_id: str) -> None:
-    """Wait for the failed run; record its two attempts unless the worker already has (once
-    the attempts are written by the report, this adds nothing)."""
-    wait_until(lambda: client.status(run_id) != "started", "the failing run to fail")
-    trace = (
-        "Traceback (most recent call last):\n"
-        '  File "dashboard_helpers.py", line 1, in explode\n'
-        "ValueError: boom: {'why': 'browser'}"
-    )
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for attempt in (1, 2):
-            conn.execute(
-                "insert into pgflow.task_attempts (run_id, step_slug, task_index, attempt,"
-                " flow_slug, started_at, ended_at, outcome, error_message, traceback)"
-                " values (%s, 'explode', 0, %s, 'dash_broken', now(), now(), 'failed',"
-                " 'ValueError: boom', %s) on conflict do nothing",
-                (run_id, attempt, trace),
-            )

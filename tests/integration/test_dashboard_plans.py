@@ -19,7 +19,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from dashboard_helpers import ATTEMPTS_DDL
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -71,7 +70,6 @@ def big_db(_admin: psycopg.Connection[Any], migrated_template: str, dsn_for: Any
     try:
         fill(dsn, RUNS)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(ATTEMPTS_DDL)
             conn.execute(
                 "insert into pgflow.task_attempts (run_id, step_slug, task_index, attempt,"
                 " flow_slug, ended_at, outcome) select run_id, step_slug, task_index, 1,"
@@ -113,13 +111,9 @@ async def _every_statement(dsn: str) -> list[tuple[str, dict[str, Any]]]:
         await queries.runs_page(
             conn, RunFilter(prefix=run_id[:2]), queries._encode_cursor(run_id), 50
         )
-        await queries.run_detail(conn, run_id, with_attempts=True)
-        await queries.step_tasks(
-            conn, run_id, "score", after=0, status=None, limit=50, with_attempts=True
-        )
-        await queries.step_tasks(
-            conn, run_id, "score", after=-1, status="failed", limit=50, with_attempts=True
-        )
+        await queries.run_detail(conn, run_id)
+        await queries.step_tasks(conn, run_id, "score", after=0, status=None, limit=50)
+        await queries.step_tasks(conn, run_id, "score", after=-1, status="failed", limit=50)
         await queries.run_state(conn, run_id)
         await queries.value(conn, "input", run_id)
         await queries.value(conn, "output", run_id)

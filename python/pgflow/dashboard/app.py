@@ -90,7 +90,6 @@ class _State:
     pool: Pool
     client: _PooledClient
     wakeup: Wakeup
-    attempts_kept: bool
     events_on: bool
 
 
@@ -126,17 +125,14 @@ def create_app(config: DashboardConfig) -> ASGIApp:
             client = _PooledClient(config.dsn, pool)
             await client.flows()  # raises SchemaNotMigrated & co. before anything is served
             async with pool.connection() as conn:
-                cursor = await conn.execute(queries.ATTEMPTS_TABLE)
-                attempts_kept = bool((await cursor.fetchone() or {}).get("present"))
                 cursor = await conn.execute(queries.EVENTS_ON)
                 events_on = bool((await cursor.fetchone() or {}).get("on"))
             wakeup = Wakeup(config.dsn, events_on)
             wakeup.start()
-            holder["state"] = _State(pool, client, wakeup, attempts_kept, events_on)
+            holder["state"] = _State(pool, client, wakeup, events_on)
             logger.info(
-                "dashboard on %s: attempts %s, live updates by %s",
+                "dashboard on %s: live updates by %s",
                 redact(config.dsn),
-                "kept" if attempts_kept else "not kept",
                 "NOTIFY" if events_on else "polling",
             )
             yield
@@ -157,7 +153,6 @@ def create_app(config: DashboardConfig) -> ASGIApp:
                 "version": __version__,
                 "actions": config.allow_actions,
                 "csrf_token": security.csrf_token if config.allow_actions else None,
-                "attempts_kept": s.attempts_kept,
                 "events_on": s.events_on,
                 "live": s.wakeup.mode,
                 "database": redact(config.dsn),
@@ -197,7 +192,7 @@ def create_app(config: DashboardConfig) -> ASGIApp:
         run_id = request.path_params["run"]
         s = state()
         async with s.pool.connection() as conn:
-            found = await queries.run_detail(conn, run_id, s.attempts_kept)
+            found = await queries.run_detail(conn, run_id)
         placed = layout([(st["step_slug"], st["dependencies"]) for st in found["steps"]])
         for step in found["steps"]:
             step["layer"] = placed[step["step_slug"]].layer
@@ -215,15 +210,12 @@ def create_app(config: DashboardConfig) -> ASGIApp:
                 after=_int_param(q.get("after"), "after", -1),
                 status=q.get("status") or None,
                 limit=_int_param(q.get("limit"), "limit", queries.TASKS_PER_STEP),
-                with_attempts=s.attempts_kept,
             )
         return _json(page)
 
     def value_endpoint(kind: queries.ValueKind) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             p = request.path_params
-            if kind == "traceback" and not state().attempts_kept:
-                raise NotFound("this database keeps no attempts, so no tracebacks")
             async with state().pool.connection() as conn:
                 text = await queries.value(
                     conn, kind, p["run"], p.get("step"), p.get("index"), p.get("attempt")

@@ -285,9 +285,7 @@ where t.run_id = %(run_id)s and t.step_slug = %(step_slug)s and t.task_index > %
 order by t.task_index limit %(limit)s
 """
 
-ATTEMPTS_TABLE: Final = "select to_regclass('pgflow.task_attempts') is not null as present"
-
-# the attempts of the listed tasks (only when table pgflow.task_attempts exists)
+# the attempts of the listed tasks
 _ATTEMPTS = f"""
 select a.step_slug, a.task_index, a.attempt, a.worker_id::text as worker_id, a.started_at,
   a.ended_at, a.outcome, a.error_message, {preview("a.traceback", "traceback")}
@@ -298,9 +296,9 @@ order by a.step_slug, a.task_index, a.attempt
 """
 
 
-async def run_detail(conn: Conn, run_id: str, with_attempts: bool) -> dict[str, Any]:
+async def run_detail(conn: Conn, run_id: str) -> dict[str, Any]:
     """The run with its input and output, its steps and the first `TASKS_PER_STEP` tasks of
-    each, with their attempts when the database keeps them (`with_attempts`)."""
+    each, with their attempts."""
     uuid = run_uuid(run_id)
     params = {"run_id": uuid, "limit": TASKS_PER_STEP}
     cursor = await conn.execute(_RUN, params)
@@ -312,7 +310,7 @@ async def run_detail(conn: Conn, run_id: str, with_attempts: bool) -> dict[str, 
     cursor = await conn.execute(_STEPS, params)
     steps = await cursor.fetchall()
     cursor = await conn.execute(_RUN_TASKS, params)
-    tasks = await _with_attempts(conn, uuid, await cursor.fetchall(), with_attempts)
+    tasks = await _with_attempts(conn, uuid, await cursor.fetchall())
     by_step: dict[str, list[dict[str, Any]]] = {}
     for task in tasks:
         by_step.setdefault(task.pop("step_slug"), []).append(task)
@@ -321,7 +319,6 @@ async def run_detail(conn: Conn, run_id: str, with_attempts: bool) -> dict[str, 
         step["tasks"] = by_step.get(step["step_slug"], [])
         step["tasks_total"] = sum(step["task_counts"].values())
     run["steps"] = steps
-    run["attempts_kept"] = with_attempts
     return run
 
 
@@ -333,7 +330,6 @@ async def step_tasks(
     after: int,
     status: str | None,
     limit: int,
-    with_attempts: bool,
 ) -> dict[str, Any]:
     """One step's tasks after index `after`, optionally only those in `status`."""
     if not 1 <= limit <= MAX_PAGE:
@@ -349,19 +345,18 @@ async def step_tasks(
     cursor = await conn.execute(_STEP_TASKS, params)
     rows = await cursor.fetchall()
     more = len(rows) > limit
-    tasks = await _with_attempts(conn, uuid, rows[:limit], with_attempts)
+    tasks = await _with_attempts(conn, uuid, rows[:limit])
     for task in tasks:
         task.pop("step_slug")
     return {"tasks": tasks, "next": tasks[-1]["task_index"] if more else None}
 
 
 async def _with_attempts(
-    conn: Conn, run_id: str, tasks: list[dict[str, Any]], with_attempts: bool
+    conn: Conn, run_id: str, tasks: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     for task in tasks:
         task["output"] = value_of(task, "output")
-        task["attempts"] = None  # not kept: the page shows attempts_count and error_message
-    if not with_attempts or not tasks:
+    if not tasks:
         return tasks
     cursor = await conn.execute(
         _ATTEMPTS,

@@ -156,14 +156,6 @@ function appendTask(body, task, st, stepBase, run, opened) {
     h("td", { class: "mono" }, task.worker || (task.worker_id ? task.worker_id.slice(0, 8) : "–")),
     h("td", {}, detail),
   ));
-  if (task.attempts === null) {
-    // the database keeps no attempts: what the task row has is all there is
-    if (task.attempts_count > 1 || task.error_message) {
-      body.append(h("tr", { class: "attempts" }, h("td"), h("td", { colspan: 6, class: "muted" },
-        `${task.attempts_count} attempt(s); the last error is shown above. Tracebacks stay in the worker's log (this database keeps no attempts).`)));
-    }
-    return;
-  }
   if (!task.attempts.length) return;
   const rows = task.attempts.map((a) => h("tr", { class: "attempt", dataset: { attempt: a.attempt, outcome: a.outcome } },
     h("td", { class: "num" }, `#${a.attempt}`),
