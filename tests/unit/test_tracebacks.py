@@ -131,3 +131,20 @@ def test_redaction_takes_linear_time_on_long_words() -> None:
     started = time.monotonic()
     assert redact_secrets(f"payload {blob} rejected") == f"payload {blob} rejected"
     assert time.monotonic() - started < 5
+
+
+def test_a_huge_traceback_counts_every_line_it_cuts() -> None:
+    frames = 200_000
+    text = (
+        "Traceback (most recent call last):\n"
+        + '  File "deep.py", line 1, in recurse\n' * frames
+        + "RecursionError: too deep (password=hunter2)"
+    )
+    cleaned = clean_traceback(text)
+    assert cleaned is not None and len(cleaned.encode()) <= MAX_TRACEBACK_BYTES
+    lines = cleaned.splitlines()
+    kept_frames = sum(line.startswith('  File "deep.py"') for line in lines)
+    cut = int(lines[1].split("[", 1)[1].split(" ", 1)[0])
+    assert cut + kept_frames == frames
+    assert lines[-1].startswith("RecursionError: too deep (password=***")
+    assert "hunter2" not in cleaned

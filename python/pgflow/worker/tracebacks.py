@@ -46,22 +46,41 @@ def clean_traceback(text: str | None, max_bytes: int = MAX_TRACEBACK_BYTES) -> s
     by one line saying how many lines were cut; over-long lines are shortened first."""
     if not text:
         return None
-    lines = [_shorten(line) for line in redact_secrets(text).splitlines()]
-    if _size(lines) <= max_bytes:
+    head, tail, dropped = _last_lines(text, 2 * max_bytes)
+    lines = [_shorten(line) for line in redact_secrets("\n".join([*head, *tail])).splitlines()]
+    if not dropped and _size(lines) <= max_bytes:
         return "\n".join(lines)
-    head = lines[:1]
-    tail = lines[1:]
+    head, tail = lines[:1], lines[1:]
     cut = 0
     # a generous marker size, so the result is within the bound whatever the count
-    room = max_bytes - _size(head) - len(_marker(len(lines))) - 2
+    room = max_bytes - _size(head) - len(_marker(len(lines) + dropped)) - 2
     kept = _size(tail)
-    while tail and kept > room:
-        kept -= len(tail[0].encode()) + 1
-        tail.pop(0)
+    while cut < len(tail) and kept > room:
+        kept -= len(tail[cut].encode()) + 1
         cut += 1
-    result = "\n".join([*head, _marker(cut), *tail])
+    result = "\n".join([*head, _marker(dropped + cut), *tail[cut:]])
     # a bound smaller than the header and the marker: cut the text itself
     return result if len(result.encode()) <= max_bytes else _cut_bytes(result, max_bytes)
+
+
+def _last_lines(text: str, budget: int) -> tuple[list[str], list[str], int]:
+    """(the first line, as many of the last lines as fit in about `budget` characters with long
+    lines counted as shortened, how many lines between them were dropped): redacting only what
+    may be kept makes a huge traceback cost no more than a short one. Whole lines are dropped,
+    so the redaction never sees a secret split by a cut."""
+    lines = text.splitlines()
+    head, rest = lines[:1], lines[1:]
+    if len(text) <= budget:
+        return head, rest, 0
+    kept: list[str] = []
+    size = 0
+    for line in reversed(rest):
+        size += min(len(line), MAX_LINE_CHARS + 40) + 1
+        if size > budget:
+            break
+        kept.append(line)
+    kept.reverse()
+    return head, kept, len(rest) - len(kept)
 
 
 def _marker(lines_cut: int) -> str:
