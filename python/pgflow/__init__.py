@@ -14,6 +14,7 @@ from pgflow.client import (
     Client,
     FlowDefinition,
     Run,
+    ScheduleInfo,
     StepDefinition,
     StepState,
     TaskAttempt,
@@ -49,13 +50,15 @@ from pgflow.errors import (
     RunConflict,
     RunFailed,
     RunNotFound,
+    ScheduleError,
+    ScheduleNotFound,
     SchemaNotMigrated,
     SchemaTooNew,
     UnencodableValue,
     UnknownStepError,
     WaitTimeout,
 )
-from pgflow.flow import Flow, load_flow
+from pgflow.flow import Flow, Schedule, load_flow
 from pgflow.worker import Worker, WorkerOptions
 
 __all__ = [
@@ -92,6 +95,10 @@ __all__ = [
     "RunConflict",
     "RunFailed",
     "RunNotFound",
+    "Schedule",
+    "ScheduleError",
+    "ScheduleInfo",
+    "ScheduleNotFound",
     "SchemaNotMigrated",
     "SchemaTooNew",
     "StepDefinition",

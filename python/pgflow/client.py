@@ -10,6 +10,7 @@ a blocking connection and `time.sleep`, `AsyncClient` with an async connection a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -43,10 +44,13 @@ from pgflow.errors import (
     RunConflict,
     RunFailed,
     RunNotFound,
+    ScheduleError,
+    ScheduleNotFound,
     UnencodableValue,
     WaitTimeout,
 )
-from pgflow.flow import Flow
+from pgflow.flow import Flow, Schedule
+from pgflow.flow.schedule import next_tick
 from pgflow.plugins.hookspecs import Serializer
 from pgflow.plugins.manager import get_serializer, run_headers
 
@@ -58,6 +62,7 @@ __all__ = [
     "RunCancelled",
     "RunFailed",
     "RunNotFound",
+    "ScheduleInfo",
     "StepDefinition",
     "StepState",
     "TaskAttempt",
@@ -159,6 +164,10 @@ class Run:
     failed_at: datetime | None
     cancelled_at: datetime | None
     steps: tuple[StepState, ...] = field(default=())
+    schedule: str | None = None
+    """The name of the schedule whose tick started the run (run header `pgflow-schedule`)."""
+    scheduled_at: datetime | None = None
+    """That tick's instant (run header `pgflow-scheduled-at`)."""
 
     @property
     def finished(self) -> bool:
@@ -224,11 +233,53 @@ class WorkerInfo:
     deprecated_at: datetime | None
 
 
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A schedule as the database keeps it (see docs/schedules.md)."""
+
+    flow_slug: str
+    name: str
+    cron: str
+    timezone: str
+    input: Any
+    catch_up: int
+    origin: str
+    """"code" (declared on the Flow, reconciled by workers) or "runtime" (CLI, Client)."""
+    paused_at: datetime | None
+    removed_from_code_at: datetime | None
+    """When a worker found the code no longer declares it (it then fires nothing)."""
+    ticks_from: datetime
+    next_tick_at: datetime | None
+    """The next tick it fires (None: no tick within 50 years)."""
+    last_tick_at: datetime | None
+    last_run_id: str | None
+    """The run of its last tick (which pruning may have deleted)."""
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def state(self) -> str:
+        """ "active", "paused" or "removed from code"."""
+        if self.removed_from_code_at is not None:
+            return "removed from code"
+        return "paused" if self.paused_at is not None else "active"
+
+
 # -- the statements -------------------------------------------------------------------------------
 
 _RUN_COLUMNS = (
-    "run_id::text, flow_slug, status, input, output, error_message, remaining_steps, "
-    "started_at, completed_at, failed_at, cancelled_at"
+    "r.run_id::text, r.flow_slug, r.status, r.input, r.output, r.error_message, "
+    "r.remaining_steps, r.started_at, r.completed_at, r.failed_at, r.cancelled_at, "
+    "h.headers ->> 'pgflow-schedule' as schedule, "
+    "case when h.headers ->> 'pgflow-scheduled-at' ~ '^\\d{4}-\\d\\d-\\d\\dT[0-9:.]+Z$' "
+    "then (h.headers ->> 'pgflow-scheduled-at')::timestamptz end as scheduled_at"
+)
+# runs with the schedule that started them, if any (docs/schedules.md)
+_RUNS_FROM = "pgflow.runs r left join pgflow.run_headers h on h.run_id = r.run_id"
+_SCHEDULE_COLUMNS = (
+    "s.flow_slug, s.schedule_name as name, s.cron, s.timezone, s.input, s.catch_up, s.origin, "
+    "s.paused_at, s.removed_from_code_at, s.ticks_from, s.next_tick_at, s.last_tick_at, "
+    "s.last_run_id::text, s.created_at, s.updated_at"
 )
 _FLOW_COLUMNS = (
     "f.flow_slug, f.opt_max_attempts as max_attempts, f.opt_base_delay as base_delay, "
@@ -243,7 +294,7 @@ _DEPENDENCIES = (
 
 
 class _SQL:
-    RUN = f"select {_RUN_COLUMNS} from pgflow.runs where run_id = %s"
+    RUN = f"select {_RUN_COLUMNS} from {_RUNS_FROM} where r.run_id = %s"
     STEPS = (
         f"select ss.step_slug, s.step_type, s.step_index, {_DEPENDENCIES}, "
         "ss.status, ss.initial_tasks, ss.remaining_tasks, ss.remaining_deps, ss.output, "
@@ -306,6 +357,10 @@ class _SQL:
         "order by run_id limit %s"
     )
     CANCEL = "select status from pgflow.cancel_run(%s)"
+    SCHEDULE = f"select {_SCHEDULE_COLUMNS} from pgflow.schedules s where s.flow_slug = %s and s.schedule_name = %s"
+    CREATE_SCHEDULE = "select 1 from pgflow.create_schedule(%s, %s, %s, %s, %s, %s)"
+    PAUSE_SCHEDULE = "select 1 from pgflow.set_schedule_paused(%s, %s, %s)"
+    REMOVE_SCHEDULE = "select pgflow.remove_schedule(%s, %s)"
     FLOWS = f"select {_FLOW_COLUMNS} from pgflow.flows f order by f.flow_slug"
     FLOW = f"select {_FLOW_COLUMNS} from pgflow.flows f where f.flow_slug = %s"
     FLOW_STEPS = (
@@ -336,15 +391,24 @@ class _SQL:
         where: list[str] = []
         params: list[Any] = []
         if flow is not None:
-            where.append("flow_slug = %s")
+            where.append("r.flow_slug = %s")
             params.append(flow)
         if status is not None:
-            where.append("status = %s")
+            where.append("r.status = %s")
             params.append(status)
         clause = f"where {' and '.join(where)} " if where else ""
         params.append(limit)
         return (
-            f"select {_RUN_COLUMNS} from pgflow.runs {clause}order by started_at desc limit %s",
+            f"select {_RUN_COLUMNS} from {_RUNS_FROM} {clause}order by r.started_at desc limit %s",
+            params,
+        )
+
+    @staticmethod
+    def schedules(flow: str | None) -> tuple[str, list[Any]]:
+        clause, params = ("where s.flow_slug = %s ", [flow]) if flow is not None else ("", [])
+        return (
+            f"select {_SCHEDULE_COLUMNS} from pgflow.schedules s {clause}"
+            "order by s.flow_slug, s.schedule_name",
             params,
         )
 
@@ -587,6 +651,69 @@ class _Plans:
             ),
         )
 
+    def schedules(self, flow: str | None) -> _Plan[list[ScheduleInfo]]:
+        rows = yield _Query(*_SQL.schedules(flow))
+        return [_schedule_info(row) for row in rows]
+
+    def schedule(self, flow_slug: str, name: str) -> _Plan[ScheduleInfo]:
+        rows = yield _Query(_SQL.SCHEDULE, (flow_slug, name))
+        if not rows:
+            raise ScheduleNotFound(
+                f"flow {flow_slug!r} has no schedule named {name!r}; `pgflow schedules list` "
+                "shows them"
+            )
+        return _schedule_info(rows[0])
+
+    def add_schedule(self, flow: Flow | str, schedule: Schedule) -> _Plan[ScheduleInfo]:
+        slug = flow.slug if isinstance(flow, Flow) else flow
+        serializer = yield from self.serializer_of(slug, flow if isinstance(flow, Flow) else None)
+        encoded = _encode_input(schedule.input, serializer)
+        if isinstance(flow, Flow):
+            flow.check_run_input(encoded)
+        params = (
+            slug,
+            schedule.name,
+            schedule.cron,
+            schedule.timezone,
+            Jsonb(encoded, dumps=_encoded),
+            schedule.catch_up,
+        )
+        try:
+            yield _Query(_SQL.CREATE_SCHEDULE, params)
+        except (psycopg.errors.UniqueViolation, psycopg.errors.InvalidParameterValue) as exc:
+            raise ScheduleError(str(exc.diag.message_primary or exc)) from None
+        return (yield from self.schedule(slug, schedule.name))
+
+    def pause_schedule(self, flow_slug: str, name: str, paused: bool) -> _Plan[ScheduleInfo]:
+        try:
+            yield _Query(_SQL.PAUSE_SCHEDULE, (flow_slug, name, paused))
+        except psycopg.errors.NoDataFound as exc:
+            raise ScheduleNotFound(str(exc.diag.message_primary or exc)) from None
+        return (yield from self.schedule(flow_slug, name))
+
+    def remove_schedule(self, flow_slug: str, name: str) -> _Plan[None]:
+        try:
+            yield _Query(_SQL.REMOVE_SCHEDULE, (flow_slug, name))
+        except psycopg.errors.NoDataFound as exc:
+            raise ScheduleNotFound(str(exc.diag.message_primary or exc)) from None
+        except psycopg.errors.InvalidParameterValue as exc:
+            raise ScheduleError(str(exc.diag.message_primary or exc)) from None
+
+
+def _schedule_info(row: dict[str, Any]) -> ScheduleInfo:
+    info = ScheduleInfo(**row)
+    if info.next_tick_at is None:
+        # not computed by a worker yet: the first tick after it began counting
+        after = info.ticks_from
+        if info.last_tick_at is not None:
+            after = max(after, info.last_tick_at)
+        # a cron written by hand in SQL that does not parse is shown as it is
+        with contextlib.suppress(ScheduleError):
+            info = dataclasses.replace(
+                info, next_tick_at=next_tick(info.cron, info.timezone, after)
+            )
+    return info
+
 
 class _Stepper(Generic[T]):
     """Runs a plan step by step: `send` gives it the last query's rows (or its error) and
@@ -818,6 +945,43 @@ class Client:
         """One flow's definition with its steps, in step order."""
         return self._drive(self._plans.flow(flow_slug))
 
+    # -- schedules (docs/schedules.md) -----------------------------------------------------------
+
+    def schedules(self, flow: str | None = None) -> list[ScheduleInfo]:
+        """Every schedule, or those of one flow, by flow and name."""
+        return self._drive(self._plans.schedules(flow))
+
+    def add_schedule(
+        self,
+        flow: Flow | str,
+        name: str,
+        cron: str,
+        input: Any = None,
+        *,
+        timezone: str = "UTC",
+        catch_up: int = 0,
+    ) -> ScheduleInfo:
+        """Create a schedule at run time: each tick of `cron` (in `timezone`) starts a run of
+        `flow` with `input`. Reconciliation of the code's schedules never touches it.
+        `ScheduleError` for a cron expression or time zone that does not parse, a name the
+        flow already uses, or a flow that does not exist."""
+        schedule = Schedule(name, cron, input=input, timezone=timezone, catch_up=catch_up)
+        return self._drive(self._plans.add_schedule(flow, schedule))
+
+    def pause_schedule(self, flow_slug: str, name: str) -> ScheduleInfo:
+        """Stop a schedule from firing, until `resume_schedule`; a redeploy keeps the pause."""
+        return self._drive(self._plans.pause_schedule(flow_slug, name, True))
+
+    def resume_schedule(self, flow_slug: str, name: str) -> ScheduleInfo:
+        """Fire a paused schedule again, from its next tick (ticks during the pause are not
+        caught up)."""
+        return self._drive(self._plans.pause_schedule(flow_slug, name, False))
+
+    def remove_schedule(self, flow_slug: str, name: str) -> None:
+        """Delete a schedule created at run time, or one the code no longer declares (its runs
+        stay). `ScheduleError` for one the code declares: remove it there, or pause it."""
+        self._drive(self._plans.remove_schedule(flow_slug, name))
+
 
 class AsyncClient:
     """`Client` for asyncio code: the same methods, awaited."""
@@ -914,3 +1078,28 @@ class AsyncClient:
 
     async def flow(self, flow_slug: str) -> FlowDefinition:
         return await self._drive(self._plans.flow(flow_slug))
+
+    async def schedules(self, flow: str | None = None) -> list[ScheduleInfo]:
+        return await self._drive(self._plans.schedules(flow))
+
+    async def add_schedule(
+        self,
+        flow: Flow | str,
+        name: str,
+        cron: str,
+        input: Any = None,
+        *,
+        timezone: str = "UTC",
+        catch_up: int = 0,
+    ) -> ScheduleInfo:
+        schedule = Schedule(name, cron, input=input, timezone=timezone, catch_up=catch_up)
+        return await self._drive(self._plans.add_schedule(flow, schedule))
+
+    async def pause_schedule(self, flow_slug: str, name: str) -> ScheduleInfo:
+        return await self._drive(self._plans.pause_schedule(flow_slug, name, True))
+
+    async def resume_schedule(self, flow_slug: str, name: str) -> ScheduleInfo:
+        return await self._drive(self._plans.pause_schedule(flow_slug, name, False))
+
+    async def remove_schedule(self, flow_slug: str, name: str) -> None:
+        await self._drive(self._plans.remove_schedule(flow_slug, name))

@@ -29,6 +29,8 @@ what to do. They never contain a database password. All of them are exported fro
     ├── RunFailed                    a waited-for run failed
     │   └── RunCancelled
     ├── WaitTimeout                  a run did not finish in time (also TimeoutError)
+    ├── ScheduleError                a schedule is declared or managed wrongly
+    │   └── ScheduleNotFound         no such schedule (also LookupError)
     ├── BenchError                   a benchmark could not run or verify
     └── CoreError                    the hot-path core (Rust or its fallback); also ValueError
         ├── InvalidJson, NotAnArray, ElementOutOfRange, MissingBlob
@@ -222,6 +224,18 @@ class RunCancelled(RunFailed):
 
 class WaitTimeout(PgflowError, TimeoutError):
     """The run did not finish within the time given to `wait`."""
+
+
+# -- schedules ---------------------------------------------------------------------------------
+
+
+class ScheduleError(PgflowError):
+    """A schedule is declared or managed wrongly: a cron expression or time zone that does not
+    parse, a name taken, a schedule the code declares removed at run time."""
+
+
+class ScheduleNotFound(ScheduleError, LookupError):
+    """The flow has no schedule of this name."""
 
 
 class BenchError(PgflowError):

@@ -122,6 +122,19 @@ OUR_EXTRA_CONSTRAINTS = {
     "run_headers": {"run_headers_pkey", "run_headers_run_id_fkey", "headers_is_object"},
     # one row per ended attempt of a task
     "task_attempts": {"task_attempts_pkey", "attempt_is_positive", "outcome_is_valid"},
+    # schedules (docs/schedules.md)
+    "schedules": {
+        "schedules_pkey",
+        "schedules_flow_slug_fkey",
+        "schedules_flow_slug_schedule_name_key",
+        "schedule_name_is_valid",
+        "cron_has_five_or_six_fields",
+        "timezone_is_named",
+        "catch_up_is_bounded",
+        "origin_is_valid",
+        "removed_only_from_code",
+        "next_tick_after_last_tick",
+    },
     "steps": {"map_has_at_most_one_dependency"},
     "runs": {"cancelled_at_is_after_started_at"},
     "step_states": {"remaining_tasks_is_nonnegative", "skip_reason_is_valid"},

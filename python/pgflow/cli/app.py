@@ -1,9 +1,10 @@
 """The `pgflow` command.
 
-The commands live one module per group (`db`, `worker`, `workers`, `runs`, `flows`, `demo`,
-`bench`, `plugins`, `dashboard`); the parser plumbing they share is `pgflow.cli.parser`. Adding
-a command: write a module whose `register(commands)` adds its subparsers with `parser.add_command` (which
-attaches the global options and the handler), and list it in `COMMANDS`.
+The commands live one module per group (`db`, `worker`, `workers`, `runs`, `flows`,
+`schedules`, `demo`, `bench`, `plugins`, `dashboard`); the parser plumbing they share is
+`pgflow.cli.parser`. Adding a command: write a module whose `register(commands)` adds its
+subparsers with `parser.add_command` (which attaches the global options and the handler), and
+list it in `COMMANDS`.
 A handler takes the parsed `argparse.Namespace` and returns the exit code; it raises
 `PgflowError` (or lets a psycopg error through) for anything the user must fix, and `main` turns
 that into one line `error: ...` on stderr with exit code 1. `--debug` adds the traceback.
@@ -26,7 +27,18 @@ from typing import TextIO
 import psycopg
 
 from pgflow import __version__
-from pgflow.cli import bench, dashboard, db, demo, flows, plugins, runs, worker, workers
+from pgflow.cli import (
+    bench,
+    dashboard,
+    db,
+    demo,
+    flows,
+    plugins,
+    runs,
+    schedules,
+    worker,
+    workers,
+)
 from pgflow.cli.parser import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -84,6 +96,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     workers.register,
     runs.register,
     flows.register,
+    schedules.register,
     demo.register,
     bench.register,
     plugins.register,

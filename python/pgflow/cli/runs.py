@@ -156,12 +156,21 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     if not runs:
         print("no runs")
         return EXIT_OK
-    print(f"{'run_id':<36}  {'flow':<20} {'status':<10} {'started':<19}  duration")
+    # which schedule started a run, when one did (docs/schedules.md)
+    scheduled = any(run.schedule for run in runs)
+    print(
+        f"{'run_id':<36}  {'flow':<20} {'status':<10} {'started':<19}  {'duration':<10}"
+        + ("  schedule" if scheduled else "")
+    )
     for run in runs:
-        print(
+        line = (
             f"{run.run_id:<36}  {run.flow_slug:<20} {run.status:<10} "
-            f"{run.started_at:%Y-%m-%d %H:%M:%S}  {_duration(run.started_at, run.finished_at)}"
+            f"{run.started_at:%Y-%m-%d %H:%M:%S}  {_duration(run.started_at, run.finished_at):<10}"
         )
+        if run.schedule:
+            tick = f" @ {run.scheduled_at:%Y-%m-%dT%H:%M:%SZ}" if run.scheduled_at else ""
+            line += f"  {run.schedule}{tick}"
+        print(line.rstrip())
     return EXIT_OK
 
 

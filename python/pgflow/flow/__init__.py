@@ -24,6 +24,7 @@ from pgflow.errors import (
 )
 from pgflow.flow.definition import Flow, StepRef
 from pgflow.flow.loading import load_flow
+from pgflow.flow.schedule import Schedule
 from pgflow.flow.step import (
     DEFAULT_BASE_DELAY,
     DEFAULT_MAX_ATTEMPTS,
@@ -45,6 +46,7 @@ __all__ = [
     "HandlerOutputError",
     "InputValidationError",
     "Mode",
+    "Schedule",
     "Step",
     "StepRef",
     "StepType",

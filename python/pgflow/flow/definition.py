@@ -25,6 +25,7 @@ import msgspec
 
 from pgflow.errors import FlowDefinitionError, UnknownStepError
 from pgflow.flow.handlers import HandlerSpec
+from pgflow.flow.schedule import Schedule
 from pgflow.flow.step import STEP_OPTION_NAMES, Step, StepOptions, StepType
 
 if TYPE_CHECKING:
@@ -60,8 +61,10 @@ class Flow:
         base_delay: int | None = None,
         timeout: int | None = None,
         serializer: str | None = None,
+        schedules: Iterable[Schedule] = (),
     ):
         self._slug = check_flow_slug(slug)
+        self._schedules = _check_schedules(slug, schedules)
         if serializer is not None and (
             not isinstance(serializer, str) or not 1 <= len(serializer.strip()) <= 128
         ):
@@ -105,6 +108,12 @@ class Flow:
         """The name of the serializer this flow's inputs and outputs go through, recorded with
         the flow in the database; None: the worker's default (msgspec unless it names another)."""
         return self._serializer
+
+    @property
+    def schedules(self) -> tuple[Schedule, ...]:
+        """The schedules declared with the flow: each worker serving the flow makes the
+        database's code-declared schedules match them when it starts (docs/schedules.md)."""
+        return self._schedules
 
     @property
     def steps(self) -> tuple[Step, ...]:
@@ -500,3 +509,23 @@ def _ref_name(ref: object) -> str:
     if isinstance(ref, str):
         return repr(ref)
     return getattr(ref, "__name__", None) or repr(ref)
+
+
+def _check_schedules(slug: str, schedules: Iterable[Schedule]) -> tuple[Schedule, ...]:
+    if isinstance(schedules, Schedule):
+        schedules = (schedules,)
+    found = tuple(schedules)
+    names: set[str] = set()
+    for item in found:
+        if not isinstance(item, Schedule):
+            raise FlowDefinitionError(
+                f"flow {slug!r}: schedules must be pgflow.Schedule objects, got {item!r}",
+                flow_slug=slug,
+            )
+        if item.name in names:
+            raise FlowDefinitionError(
+                f"flow {slug!r}: two schedules are named {item.name!r}; give each its own name",
+                flow_slug=slug,
+            )
+        names.add(item.name)
+    return found

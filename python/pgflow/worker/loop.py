@@ -9,8 +9,9 @@ renewed when they wait long, and are given back at once when the worker stops. A
 an offer of free slots (set aside until it is answered), so the tasks its results made ready
 come back claimed with the acknowledgement: a hop from one step to the next costs one round
 trip. It sleeps only when there is nothing to report, start or claim, and wakes on a result, a
-NOTIFY from the listener, or the poll timer. Heartbeats, deprecation checks and stalled-task
-recovery run on timers in the same loop.
+NOTIFY from the listener, or the poll timer. Heartbeats, deprecation checks, stalled-task
+recovery and the firing of schedules' due ticks (`schedules.py`: it sleeps until the next tick
+is due, or `LOOK_INTERVAL` at most) run on timers in the same loop.
 
 Nothing is lost when things go wrong: a handler error fails the task (and the SQL retries it);
 a lost connection is reopened with backoff while results wait in memory; a worker killed
@@ -79,6 +80,7 @@ from pgflow.worker.reports import (
     error_text,
 )
 from pgflow.worker.run_inputs import RunInputCache
+from pgflow.worker.schedules import LOOK_INTERVAL, ScheduleFirer, describe_sync, sync_schedules
 from pgflow.worker.tracebacks import clean_traceback, redact_secrets
 
 logger = logging.getLogger("pgflow.worker")
@@ -123,6 +125,8 @@ class WorkerStats:
     released: int = 0
     # the most tasks one claim took
     largest_claim: int = 0
+    # runs this worker started for schedules' ticks
+    ticks_fired: int = 0
 
 
 class Worker:
@@ -207,6 +211,7 @@ class Worker:
         self._signals = 0
         # what plugins observe of tasks; none until the worker starts
         self._task_hooks = TaskHooks()
+        self._schedules = ScheduleFirer(self.flows)
 
     # -- public API --------------------------------------------------------------------------
 
@@ -241,6 +246,7 @@ class Worker:
         self._conn = self._connect_with_backoff()
         check_schema(self._conn, redact(self.dsn))
         self._compile_flows()
+        self._sync_schedules()
         self._register()
         self._executor = create_executor(
             self.options.executor,
@@ -282,6 +288,7 @@ class Worker:
         assert self._executor is not None
         next_heartbeat = time.monotonic() + self.options.heartbeat_interval
         next_requeue = time.monotonic()
+        next_schedules = time.monotonic()
         next_poll = 0.0
         more_work = True
         dry = False  # the last claim found nothing
@@ -298,6 +305,9 @@ class Worker:
             if now >= next_requeue:
                 self._db(self._requeue_stalled)
                 next_requeue = now + self.options.requeue_interval
+            if now >= next_schedules:
+                wait = self._db(self._fire_schedules)
+                next_schedules = time.monotonic() + (LOOK_INTERVAL if wait is None else wait)
             self._take_handbacks()
             if self._collect() and self._report_due():
                 self._flush()
@@ -329,6 +339,7 @@ class Worker:
                 max(0.0, next_poll - time.monotonic()) if free > 0 else self.options.poll_interval
             )
             timeout = min(timeout, max(0.0, next_heartbeat - time.monotonic()))
+            timeout = min(timeout, max(0.0, next_schedules - time.monotonic()))
             if self._pending:  # held results: report them in time
                 timeout = min(
                     timeout, max(0.0, self._pending_since + REPORT_HOLD - time.monotonic())
@@ -538,6 +549,21 @@ class Worker:
                 logger.warning("flow %s was recompiled; its old runs were deleted", slug)
             else:
                 logger.info("flow %s %s", slug, status)
+
+    def _sync_schedules(self) -> None:
+        """Make each flow's code-declared schedules in the database match its `schedules`."""
+        assert self._conn is not None
+        for slug, flow in self.flows.items():
+            outcome = sync_schedules(self._conn, flow, self.serializers.get(slug))
+            for level, line in describe_sync(slug, outcome):
+                logger.log(level, "%s", line)
+
+    def _fire_schedules(self) -> float:
+        """Fire the due ticks of the flows' schedules; seconds until the next look."""
+        assert self._conn is not None
+        firing = self._schedules.fire(self._conn)
+        self.stats.ticks_fired += len(firing.fired)
+        return firing.wait
 
     def _register(self) -> None:
         assert self._conn is not None

@@ -31,6 +31,10 @@ begin
 
   if exists (select 1 from pg_roles where rolname = 'pgflow_client') then
     grant execute on function pgflow.cancel_run(uuid) to pgflow_client;
+    -- schedules at run time (the CLI, the Client); workers fire them and reconcile the code's
+    grant execute on function pgflow.create_schedule(text, text, text, text, jsonb, int) to pgflow_client;
+    grant execute on function pgflow.set_schedule_paused(text, text, boolean) to pgflow_client;
+    grant execute on function pgflow.remove_schedule(text, text) to pgflow_client;
   end if;
 
   if exists (select 1 from pg_roles where rolname = 'pgflow_worker') then
@@ -57,6 +61,9 @@ begin
     grant execute on function pgflow.requeue_stalled_tasks() to pgflow_worker;
     grant execute on function pgflow.event_relay_turn(text, text, int, bigint) to pgflow_worker;
     grant execute on function pgflow.release_event_relay(text, text, bigint) to pgflow_worker;
+    grant execute on function pgflow.sync_code_schedules(text, jsonb) to pgflow_worker;
+    grant execute on function pgflow.claim_due_schedules(text[], int) to pgflow_worker;
+    grant execute on function pgflow.fire_schedule_ticks(uuid, timestamptz[], timestamptz) to pgflow_worker;
   end if;
 end;
 $$;
