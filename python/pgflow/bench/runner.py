@@ -36,6 +36,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from pgflow.bench.flows import CHAIN_LENGTH, flow_ref
+from pgflow.db.compile import ENSURE_FLOW_COMPILED, check_compiled, compile_params
 from pgflow.db.connection import connect
 from pgflow.errors import BenchError
 from pgflow.flow import load_flow
@@ -237,7 +238,8 @@ def _peak_rss_mb(pid: int) -> float | None:
 def _reset_flow(conn: psycopg.Connection[Any], slug: str, shape: dict[str, Any] | None) -> None:
     conn.execute("select pgflow.delete_flow_and_data(%s)", (slug,))
     if shape is not None:
-        conn.execute("select pgflow.ensure_flow_compiled(%s, %s, false)", (slug, Jsonb(shape)))
+        row = conn.execute(ENSURE_FLOW_COMPILED, compile_params(slug, shape)).fetchone()
+        check_compiled(slug, row[0] if row else None)
 
 
 def _db_now(conn: psycopg.Connection[Any]) -> Any:

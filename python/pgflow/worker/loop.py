@@ -598,26 +598,21 @@ class Worker:
         for slug in self._flows_round_robin():
             if qty - total <= 0:
                 break
+            claim = functools.partial(
+                self.source.claim,
+                self._conn,
+                self.flows[slug],
+                qty=qty - total,
+                serializer=self.serializers.get(slug),
+            )
             try:
-                tasks, run_inputs = self.source.claim(
-                    self._conn,
-                    self.flows[slug],
-                    self.worker_ids[slug],
-                    qty - total,
-                    self.serializers.get(slug),
-                )
+                tasks, run_inputs = claim(worker_id=self.worker_ids[slug])
             except psycopg.Error as exc:
                 if not session.is_unregistered_worker(exc):
                     raise
                 logger.warning("this worker's row was gone (pruned?); registering again")
-                self._register()
-                tasks, run_inputs = self.source.claim(
-                    self._conn,
-                    self.flows[slug],
-                    self.worker_ids[slug],
-                    qty - total,
-                    self.serializers.get(slug),
-                )
+                self._register()  # a new worker id
+                tasks, run_inputs = claim(worker_id=self.worker_ids[slug])
             self.stats.claims += 1
             self.stats.largest_claim = max(self.stats.largest_claim, len(tasks))
             if run_inputs:

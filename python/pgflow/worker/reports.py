@@ -204,10 +204,8 @@ def _report_args(
     )
 
 
-class BatchedSink:
-    """All outcomes in one call and one transaction."""
-
-    claims_on_report = True
+class _Sink:
+    """What both ways of reporting need: the output size bound and the flows' serializers."""
 
     def __init__(
         self,
@@ -216,6 +214,12 @@ class BatchedSink:
     ) -> None:
         self.max_output_bytes = max_output_bytes
         self.serializers = dict(serializers or {})
+
+
+class BatchedSink(_Sink):
+    """All outcomes in one call and one transaction."""
+
+    claims_on_report = True
 
     def report(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> None:
         if outcomes:
@@ -239,18 +243,10 @@ class BatchedSink:
         return conn.execute(_REPORT_AND_CLAIM_SQL, args, prepare=True).fetchall()
 
 
-class PerTaskSink:
+class PerTaskSink(_Sink):
     """The contract's own path: `complete_task` / `fail_task`, one transaction each."""
 
     claims_on_report = False
-
-    def __init__(
-        self,
-        max_output_bytes: int = DEFAULT_MAX_OUTPUT,
-        serializers: Mapping[str, Serializer] | None = None,
-    ) -> None:
-        self.max_output_bytes = max_output_bytes
-        self.serializers = dict(serializers or {})
 
     def report(self, conn: psycopg.Connection[Any], outcomes: Sequence[Outcome]) -> None:
         if not outcomes:
