@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +51,14 @@ def make_executor() -> Iterator[MakeExecutor]:
         concurrency: int = 2,
         load_flow_input: Callable[[str], Any] | None = None,
         resolve_step: Callable[[str, str], Any] = handlers.resolve_step,
+        load_run_headers: Callable[[str], Mapping[str, str]] | None = None,
     ) -> Executor:
         executor = create_executor(
             name,
             concurrency=concurrency,
             resolve_step=resolve_step,
             load_flow_input=load_flow_input,
+            load_run_headers=load_run_headers,
         )
         created.append(executor)
         executor.start()
@@ -191,6 +193,53 @@ def test_flow_input_without_loader_fails_clearly(name: str, make_executor: MakeE
     result = results.wait_for(job.key)
     assert result.error_type == "FlowInputUnavailable"
     assert "load_flow_input" in (result.error_message or "")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_run_headers_are_loaded_lazily_once_per_task_and_read_only(
+    name: str, make_executor: MakeExecutor
+) -> None:
+    calls: list[str] = []
+    lock = threading.Lock()
+    tick = "2025-03-30T01:00:00.000000Z"
+
+    def load(run_id: str) -> Mapping[str, str]:
+        with lock:
+            calls.append(run_id)
+        return {"pgflow-schedule": "nightly", "pgflow-scheduled-at": tick, "run": run_id}
+
+    executor = make_executor(name, load_run_headers=load)
+    results = Results()
+    untouched, reader = make_job("echo", 1, key="echo"), make_job("read_run_headers", key="read")
+    executor.submit(untouched, results)
+    assert results.wait_for("echo").ok
+    assert calls == []  # a handler that never reads them costs nothing
+    executor.submit(reader, results)
+    result = results.wait_for("read")
+    assert result.ok, result
+    assert result.output == {
+        "headers": {
+            "pgflow-schedule": "nightly",
+            "pgflow-scheduled-at": tick,
+            "run": reader.run_id,
+        },
+        "writable": False,
+        "schedule": "nightly",
+        "scheduled_at": "2025-03-30T01:00:00+00:00",
+    }
+    assert calls == [reader.run_id]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_run_headers_without_loader_fail_clearly(name: str, make_executor: MakeExecutor) -> None:
+    executor = make_executor(name, load_flow_input=lambda run_id: {})
+    results = Results()
+    job = make_job("read_run_headers")
+    executor.submit(job, results)
+    result = results.wait_for(job.key)
+    assert result.error_type == "RunHeadersUnavailable"
+    assert "load_run_headers" in (result.error_message or "")
+    assert job.run_id in (result.error_message or "")
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -553,6 +602,24 @@ def test_process_bad_flow_reference_fails_the_job(make_executor: MakeExecutor) -
     result = results.wait_for(job.key)
     assert result.error_type == "FlowLoadError"
     assert "no_such_module_here" in (result.error_message or "")
+
+
+def test_process_run_headers_loader_failure_is_reported(make_executor: MakeExecutor) -> None:
+    def load(run_id: str) -> Mapping[str, str]:
+        raise RuntimeError("database is down")
+
+    executor = make_executor("process", concurrency=1, load_run_headers=load)
+    results = Results()
+    job = make_job("read_run_headers")
+    executor.submit(job, results)
+    result = results.wait_for(job.key)
+    assert not result.ok
+    assert (
+        f"the headers of run {job.run_id} could not be fetched: RuntimeError: database is down"
+        in (result.error_message or "")
+    )
+    executor.submit(make_job("echo", 1, key="after"), results)
+    assert results.wait_for("after").ok
 
 
 def test_process_flow_input_loader_failure_is_reported(make_executor: MakeExecutor) -> None:
