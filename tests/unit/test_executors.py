@@ -635,3 +635,41 @@ def test_process_flow_input_loader_failure_is_reported(make_executor: MakeExecut
     assert "could not be fetched: RuntimeError: database is down" in (result.error_message or "")
     executor.submit(make_job("echo", 1, key="after"), results)
     assert results.wait_for("after").ok
+
+
+# -- the example executor of docs/plugins.md --------------------------------------------------------
+
+
+def documented_executor() -> type[Executor]:
+    """The example executor of docs/plugins.md ("A small but complete executor"), run as it is
+    written, so the documented interface stays one that works."""
+    text = (Path(__file__).parents[2] / "docs" / "plugins.md").read_text()
+    _, _, after = text.partition("A small but complete executor")
+    code = after.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/plugins.md", "exec"), namespace)
+    executor: type[Executor] = namespace["ThreadPerJobExecutor"]
+    return executor
+
+
+def test_the_documented_executor_gives_handlers_their_run_headers() -> None:
+    factory = documented_executor()
+    executor = factory(
+        concurrency=2,
+        resolve_step=handlers.resolve_step,
+        load_flow_input=lambda run_id: {"input_of": run_id},
+        load_run_headers=lambda run_id: {"pgflow-schedule": "nightly"},
+    )
+    executor.start()
+    try:
+        results = Results()
+        for step in ("read_flow_input", "read_run_headers"):
+            executor.submit(make_job(step, key=step), results)
+        flow_input = results.wait_for("read_flow_input")
+        headers = results.wait_for("read_run_headers")
+    finally:
+        assert executor.shutdown(grace=10) == []
+    assert flow_input.ok and headers.ok, (flow_input, headers)
+    assert flow_input.output == [{"input_of": make_job("echo").run_id}] * 2
+    assert headers.output["schedule"] == "nightly"
+    assert headers.output["headers"] == {"pgflow-schedule": "nightly"}
