@@ -174,8 +174,8 @@ class Context:
                 raise RunHeadersUnavailable(
                     f"the headers of run {self.run_id} are not available here: the executor "
                     f"running step {self.flow_slug}.{self.step_slug} was created without a run "
-                    "headers loader; pass `load_run_headers` when creating the executor (and on "
-                    "to make_context)"
+                    "headers loader; pass `load_run_headers` when creating the executor, and "
+                    "from it to make_context"
                 )
             loaded = self._load_run_headers(self.run_id)
             # The worker's cache hands out read-only mappings already; a plain dict (from
