@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from pgflow.codec import DEFAULT_SERIALIZER, check_json, encode_value
+from pgflow.context import SCHEDULE_HEADER, SCHEDULED_AT_HEADER, parse_scheduled_at
 from pgflow.db.compile import (
     ENSURE_FLOW_COMPILED,
     check_compiled,
@@ -270,9 +271,10 @@ class ScheduleInfo:
 _RUN_COLUMNS = (
     "r.run_id::text, r.flow_slug, r.status, r.input, r.output, r.error_message, "
     "r.remaining_steps, r.started_at, r.completed_at, r.failed_at, r.cancelled_at, "
-    "h.headers ->> 'pgflow-schedule' as schedule, "
-    "case when h.headers ->> 'pgflow-scheduled-at' ~ '^\\d{4}-\\d\\d-\\d\\dT[0-9:.]+Z$' "
-    "then (h.headers ->> 'pgflow-scheduled-at')::timestamptz end as scheduled_at"
+    f"h.headers ->> '{SCHEDULE_HEADER}' as schedule, "
+    # the header's text, read by parse_scheduled_at (as ctx.scheduled_at reads it): anyone who
+    # may start a run may set it, so text that is no instant must not fail the whole query
+    f"h.headers ->> '{SCHEDULED_AT_HEADER}' as scheduled_at"
 )
 # runs with the schedule that started them, if any (docs/schedules.md)
 _RUNS_FROM = "pgflow.runs r left join pgflow.run_headers h on h.run_id = r.run_id"
@@ -559,7 +561,7 @@ class _Plans:
             raise RunNotFound(f"run {run_id} does not exist")
         steps = yield _Query(_SQL.STEPS, (run_id,))
         tasks = (yield _Query(_SQL.TASKS, (run_id,))) if with_tasks else []
-        run = Run(steps=tuple(_steps_from(steps, tasks)), **rows[0])
+        run = _run(rows[0], steps=tuple(_steps_from(steps, tasks)))
         if run.output is None:
             return run
         serializer = yield from self.serializer_of(run.flow_slug)
@@ -631,7 +633,7 @@ class _Plans:
     def runs(self, flow: str | None, status: str | None, limit: int) -> _Plan[list[Run]]:
         _check_limit(limit)
         rows = yield _Query(*_SQL.runs(flow, status, limit))
-        return [Run(**row) for row in rows]
+        return [_run(row) for row in rows]
 
     def flows(self) -> _Plan[list[FlowDefinition]]:
         rows = yield _Query(_SQL.FLOWS, ())
@@ -698,6 +700,10 @@ class _Plans:
             raise ScheduleNotFound(str(exc.diag.message_primary or exc)) from None
         except psycopg.errors.InvalidParameterValue as exc:
             raise ScheduleError(str(exc.diag.message_primary or exc)) from None
+
+
+def _run(row: dict[str, Any], steps: tuple[StepState, ...] = ()) -> Run:
+    return Run(**{**row, "scheduled_at": parse_scheduled_at(row["scheduled_at"])}, steps=steps)
 
 
 def _schedule_info(row: dict[str, Any]) -> ScheduleInfo:

@@ -170,6 +170,12 @@ class FlowInputUnavailable(PgflowError):
     """`Context.flow_input` was read but the worker gave the executor no way to fetch it."""
 
 
+class RunHeadersUnavailable(PgflowError):
+    """`Context.headers` (or `schedule`, `scheduled_at`) was read but the executor running the
+    handler was given no way to fetch the run's headers (an executor plugin that does not take
+    `load_run_headers`)."""
+
+
 class Fail(PgflowError):
     """Raise it in a handler to fail the task at once: the attempts left are not made (a retry
     would fail the same way: bad data, a permanent refusal) and the step's `when_exhausted`

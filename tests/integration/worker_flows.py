@@ -325,6 +325,37 @@ def report(deps: Any, ctx: Context) -> dict[str, Any]:
     return {**_ctx_fields(ctx), "flow_input": ctx.flow_input, "visits": deps["visit"]}
 
 
+# -- the run's headers and the schedule tick that started it ---------------------------------------
+
+headers_probe = Flow("wt_headers_probe")
+
+
+def _headers_seen(ctx: Context) -> dict[str, Any]:
+    scheduled_at = ctx.scheduled_at
+    return {
+        "headers": dict(ctx.headers),
+        "schedule": ctx.schedule,
+        "scheduled_at": None if scheduled_at is None else scheduled_at.isoformat(),
+        # read again: the context keeps what it fetched
+        "same": ctx.headers is ctx.headers,
+    }
+
+
+@headers_probe.step()
+def spread(value: Any, ctx: Context) -> list[dict[str, Any]]:
+    return [_headers_seen(ctx)] * 3
+
+
+@headers_probe.map(array=spread)
+async def each_sees(item: Any, ctx: Context) -> dict[str, Any]:
+    return _headers_seen(ctx)
+
+
+@headers_probe.step(depends_on=[each_sees])
+def gather(deps: Any, ctx: Context) -> dict[str, Any]:
+    return _headers_seen(ctx)
+
+
 # -- timeouts ------------------------------------------------------------------------------------
 
 slow = Flow("wt_slow", max_attempts=1)

@@ -113,6 +113,26 @@ def read_flow_input(value: Any, ctx: Context) -> list[Any]:
 
 
 @flow.step()
+def read_run_headers(value: Any, ctx: Context) -> dict[str, Any]:
+    # read twice: the context keeps what it loaded
+    headers = ctx.headers
+    assert ctx.headers is headers
+    try:
+        headers["added"] = "by the handler"  # type: ignore[index]
+    except TypeError:
+        writable = False
+    else:
+        writable = True
+    scheduled_at = ctx.scheduled_at
+    return {
+        "headers": dict(headers),
+        "writable": writable,
+        "schedule": ctx.schedule,
+        "scheduled_at": None if scheduled_at is None else scheduled_at.isoformat(),
+    }
+
+
+@flow.step()
 def log_something(value: Any, ctx: Context) -> None:
     ctx.logger.info("handled %s", value)
 

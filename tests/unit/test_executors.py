@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +51,14 @@ def make_executor() -> Iterator[MakeExecutor]:
         concurrency: int = 2,
         load_flow_input: Callable[[str], Any] | None = None,
         resolve_step: Callable[[str, str], Any] = handlers.resolve_step,
+        load_run_headers: Callable[[str], Mapping[str, str]] | None = None,
     ) -> Executor:
         executor = create_executor(
             name,
             concurrency=concurrency,
             resolve_step=resolve_step,
             load_flow_input=load_flow_input,
+            load_run_headers=load_run_headers,
         )
         created.append(executor)
         executor.start()
@@ -191,6 +193,53 @@ def test_flow_input_without_loader_fails_clearly(name: str, make_executor: MakeE
     result = results.wait_for(job.key)
     assert result.error_type == "FlowInputUnavailable"
     assert "load_flow_input" in (result.error_message or "")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_run_headers_are_loaded_lazily_once_per_task_and_read_only(
+    name: str, make_executor: MakeExecutor
+) -> None:
+    calls: list[str] = []
+    lock = threading.Lock()
+    tick = "2025-03-30T01:00:00.000000Z"
+
+    def load(run_id: str) -> Mapping[str, str]:
+        with lock:
+            calls.append(run_id)
+        return {"pgflow-schedule": "nightly", "pgflow-scheduled-at": tick, "run": run_id}
+
+    executor = make_executor(name, load_run_headers=load)
+    results = Results()
+    untouched, reader = make_job("echo", 1, key="echo"), make_job("read_run_headers", key="read")
+    executor.submit(untouched, results)
+    assert results.wait_for("echo").ok
+    assert calls == []  # a handler that never reads them costs nothing
+    executor.submit(reader, results)
+    result = results.wait_for("read")
+    assert result.ok, result
+    assert result.output == {
+        "headers": {
+            "pgflow-schedule": "nightly",
+            "pgflow-scheduled-at": tick,
+            "run": reader.run_id,
+        },
+        "writable": False,
+        "schedule": "nightly",
+        "scheduled_at": "2025-03-30T01:00:00+00:00",
+    }
+    assert calls == [reader.run_id]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_run_headers_without_loader_fail_clearly(name: str, make_executor: MakeExecutor) -> None:
+    executor = make_executor(name, load_flow_input=lambda run_id: {})
+    results = Results()
+    job = make_job("read_run_headers")
+    executor.submit(job, results)
+    result = results.wait_for(job.key)
+    assert result.error_type == "RunHeadersUnavailable"
+    assert "load_run_headers" in (result.error_message or "")
+    assert job.run_id in (result.error_message or "")
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -555,6 +604,24 @@ def test_process_bad_flow_reference_fails_the_job(make_executor: MakeExecutor) -
     assert "no_such_module_here" in (result.error_message or "")
 
 
+def test_process_run_headers_loader_failure_is_reported(make_executor: MakeExecutor) -> None:
+    def load(run_id: str) -> Mapping[str, str]:
+        raise RuntimeError("database is down")
+
+    executor = make_executor("process", concurrency=1, load_run_headers=load)
+    results = Results()
+    job = make_job("read_run_headers")
+    executor.submit(job, results)
+    result = results.wait_for(job.key)
+    assert not result.ok
+    assert (
+        f"the headers of run {job.run_id} could not be fetched: RuntimeError: database is down"
+        in (result.error_message or "")
+    )
+    executor.submit(make_job("echo", 1, key="after"), results)
+    assert results.wait_for("after").ok
+
+
 def test_process_flow_input_loader_failure_is_reported(make_executor: MakeExecutor) -> None:
     def load(run_id: str) -> Any:
         raise RuntimeError("database is down")
@@ -568,3 +635,41 @@ def test_process_flow_input_loader_failure_is_reported(make_executor: MakeExecut
     assert "could not be fetched: RuntimeError: database is down" in (result.error_message or "")
     executor.submit(make_job("echo", 1, key="after"), results)
     assert results.wait_for("after").ok
+
+
+# -- the example executor of docs/plugins.md --------------------------------------------------------
+
+
+def documented_executor() -> type[Executor]:
+    """The example executor of docs/plugins.md ("A small but complete executor"), run as it is
+    written, so the documented interface stays one that works."""
+    text = (Path(__file__).parents[2] / "docs" / "plugins.md").read_text()
+    _, _, after = text.partition("A small but complete executor")
+    code = after.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/plugins.md", "exec"), namespace)
+    executor: type[Executor] = namespace["ThreadPerJobExecutor"]
+    return executor
+
+
+def test_the_documented_executor_gives_handlers_their_run_headers() -> None:
+    factory = documented_executor()
+    executor = factory(
+        concurrency=2,
+        resolve_step=handlers.resolve_step,
+        load_flow_input=lambda run_id: {"input_of": run_id},
+        load_run_headers=lambda run_id: {"pgflow-schedule": "nightly"},
+    )
+    executor.start()
+    try:
+        results = Results()
+        for step in ("read_flow_input", "read_run_headers"):
+            executor.submit(make_job(step, key=step), results)
+        flow_input = results.wait_for("read_flow_input")
+        headers = results.wait_for("read_run_headers")
+    finally:
+        assert executor.shutdown(grace=10) == []
+    assert flow_input.ok and headers.ok, (flow_input, headers)
+    assert flow_input.output == [{"input_of": make_job("echo").run_id}] * 2
+    assert headers.output["schedule"] == "nightly"
+    assert headers.output["headers"] == {"pgflow-schedule": "nightly"}

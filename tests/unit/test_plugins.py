@@ -111,6 +111,59 @@ def test_plugin_registers_an_executor() -> None:
     assert type(executor) is TinyExecutor
 
 
+def test_the_run_headers_loader_goes_only_to_factories_that_take_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An executor plugin written before `load_run_headers` existed is still built (its
+    handlers cannot read ctx.headers); one that takes it, by name or **kwargs, gets it."""
+    built: dict[str, dict[str, Any]] = {}
+
+    def old_style(*, concurrency: int, resolve_step: Any, load_flow_input: Any = None) -> Executor:
+        built["old"] = {"load_flow_input": load_flow_input}
+        return TinyExecutor(concurrency=concurrency, resolve_step=resolve_step)
+
+    def open_ended(**kwargs: Any) -> Executor:
+        built["open"] = kwargs
+        return TinyExecutor(**kwargs)
+
+    class Factories:
+        @hookimpl
+        def pgflow_register_executors(self, register: RegisterExecutor) -> None:
+            register("old", old_style)
+            register("open", open_ended)
+
+    def load_input(run_id: str) -> Any:
+        return {}
+
+    def load_headers(run_id: str) -> Mapping[str, str]:
+        return {}
+
+    plugins.get_plugin_manager().register(Factories(), name="factories")
+    with caplog.at_level(logging.INFO, logger="pgflow.plugins"):
+        old = plugins.create_executor(
+            "old",
+            concurrency=1,
+            resolve_step=resolve_nothing,
+            load_flow_input=load_input,
+            load_run_headers=load_headers,
+        )
+    assert built["old"] == {"load_flow_input": load_input}
+    assert old.load_run_headers is None
+    assert "executor 'old' does not take `load_run_headers`" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pgflow.plugins"):
+        opened = plugins.create_executor(
+            "open", concurrency=1, resolve_step=resolve_nothing, load_run_headers=load_headers
+        )
+        builtin = plugins.create_executor(
+            "thread", concurrency=1, resolve_step=resolve_nothing, load_run_headers=load_headers
+        )
+    assert built["open"]["load_run_headers"] is load_headers
+    assert opened.load_run_headers is load_headers
+    assert builtin.load_run_headers is load_headers
+    assert caplog.text == ""
+
+
 def test_an_executor_name_registered_twice_names_both_plugins() -> None:
     class Impostor:
         @hookimpl

@@ -158,7 +158,12 @@ class AsyncioExecutor(InFlightExecutor):
 
         if job.timeout is not None:
             timer = self._loop.call_later(job.timeout, expire)
-        ctx = make_context(job, self._shutdown_signal, self.load_flow_input)
+        ctx = make_context(
+            job,
+            self._shutdown_signal,
+            self.load_flow_input,
+            load_run_headers=self.load_run_headers,
+        )
         try:
             output = await step.invoke_async(job.input, ctx)
         except asyncio.CancelledError:
@@ -184,7 +189,12 @@ class AsyncioExecutor(InFlightExecutor):
 
     async def _attempt(self, job: Job) -> JobResult:
         loop = asyncio.get_running_loop()
-        ctx = make_context(job, self._shutdown_signal, self.load_flow_input)
+        ctx = make_context(
+            job,
+            self._shutdown_signal,
+            self.load_flow_input,
+            load_run_headers=self.load_run_headers,
+        )
         try:
             step = self.resolve_step(job.flow_slug, job.step_slug)
             running: asyncio.Future[Any]

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -38,6 +38,7 @@ __all__ = [
     "JobResult",
     "OnDone",
     "Pace",
+    "RunHeadersLoader",
     "RunnableStep",
     "StepResolver",
     "deliver",
@@ -167,6 +168,10 @@ StepResolver = Callable[[str, str], RunnableStep]
 FlowInputLoader = Callable[[str], Any]
 """`run_id -> the run's input`, supplied by the worker, which caches it per run."""
 
+RunHeadersLoader = Callable[[str], Mapping[str, str]]
+"""`run_id -> the run's headers` (`{}` when it has none), supplied by the worker, which caches
+them per run; called only when a handler reads `ctx.headers`."""
+
 OnDone = Callable[[JobResult], None]
 """Receives each job's result; executors may call it from any thread, so it must be quick and
 thread-safe (the worker puts results on a queue)."""
@@ -180,7 +185,7 @@ class Executor(abc.ABC):
     managers: `with executor:` starts it and shuts it down without grace on exit.
 
     Every executor class is also an `ExecutorFactory`: constructed with keyword arguments
-    `concurrency`, `resolve_step` and `load_flow_input`.
+    `concurrency`, `resolve_step`, `load_flow_input` and `load_run_headers`.
     """
 
     name: ClassVar[str]
@@ -192,6 +197,7 @@ class Executor(abc.ABC):
         concurrency: int = 1,
         resolve_step: StepResolver,
         load_flow_input: FlowInputLoader | None = None,
+        load_run_headers: RunHeadersLoader | None = None,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(
@@ -201,6 +207,7 @@ class Executor(abc.ABC):
         self.concurrency = concurrency
         self.resolve_step = resolve_step
         self.load_flow_input = load_flow_input
+        self.load_run_headers = load_run_headers
         self._setup()
 
     def _setup(self) -> None:  # noqa: B027 -- optional for subclasses, not abstract
@@ -303,7 +310,9 @@ class InFlightExecutor(Executor):
 
 class ExecutorFactory(Protocol):
     """Builds an executor; what `pgflow_register_executors` registers (an `Executor` subclass
-    is one). Plugins' factories must accept these keyword arguments and may accept more."""
+    is one). Plugins' factories must accept these keyword arguments and may accept more; the
+    worker also passes `load_run_headers` (a `RunHeadersLoader`) to those that accept it (by
+    name, or with `**kwargs`), so factories written before it existed keep working."""
 
     def __call__(
         self,
@@ -315,9 +324,14 @@ class ExecutorFactory(Protocol):
 
 
 def make_context(
-    job: Job, shutdown: ShutdownSignal, load_flow_input: FlowInputLoader | None
+    job: Job,
+    shutdown: ShutdownSignal,
+    load_flow_input: FlowInputLoader | None,
+    *,
+    load_run_headers: RunHeadersLoader | None = None,
 ) -> Context:
-    """The `Context` for one job; the flow input is only fetched if the handler reads it."""
+    """The `Context` for one job; the flow input and the run's headers are only fetched if the
+    handler reads them."""
     run_id = job.run_id
     return Context(
         run_id=run_id,
@@ -327,6 +341,7 @@ def make_context(
         attempt=job.attempt,
         shutdown=shutdown,
         load_flow_input=None if load_flow_input is None else lambda: load_flow_input(run_id),
+        load_run_headers=load_run_headers,
     )
 
 

@@ -60,7 +60,12 @@ class InlineExecutor(Executor):
         self._running = True
         try:
             started = time.monotonic()
-            ctx = make_context(job, self._shutdown_signal, self.load_flow_input)
+            ctx = make_context(
+                job,
+                self._shutdown_signal,
+                self.load_flow_input,
+                load_run_headers=self.load_run_headers,
+            )
             result = run_job(job, lambda: self.resolve_step(job.flow_slug, job.step_slug), ctx)
             if job.timeout is not None and time.monotonic() - started > job.timeout:
                 logger.warning(

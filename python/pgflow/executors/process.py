@@ -22,8 +22,9 @@ gracefully.
 
 One manager thread in the worker process watches every child: it hands out jobs, receives
 results, forwards the children's log records to the worker's logging, answers their requests for
-a run's flow input, enforces deadlines and replaces dead children. In each child a receiver
-thread reads the pipe, so the worker never blocks writing to a child that is busy.
+a run's flow input or headers (from the worker's loaders, which cache them per run), enforces
+deadlines and replaces dead children. In each child a receiver thread reads the pipe, so the
+worker never blocks writing to a child that is busy.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, ClassVar
@@ -82,13 +83,17 @@ _MAX_CHILD_QUEUE = 64
 _PACE_WEIGHT = 0.2
 
 # Message kinds. Worker to child: ("jobs", [(seq, Job), ...]), ("flow_input", ok, value or error
-# text), None (exit). Child to worker: ("ready",), ("done", seq, seconds, pickled JobResult),
-# ("log", LogRecord), ("flow_input", run_id).
+# text), ("run_headers", ok, dict or error text), None (exit). Child to worker: ("ready",),
+# ("done", seq, seconds, pickled JobResult), ("log", LogRecord), ("flow_input", run_id),
+# ("run_headers", run_id).
 _JOBS = "jobs"
 _READY = "ready"
 _DONE = "done"
 _LOG = "log"
 _FLOW_INPUT = "flow_input"
+_RUN_HEADERS = "run_headers"
+# what a child may ask the worker for, as the error messages name it
+_REQUESTS = {_FLOW_INPUT: "flow input", _RUN_HEADERS: "headers"}
 # the slots of a child's shared clock: the sequence number of the job it runs, and its start
 
 
@@ -386,6 +391,7 @@ class ProcessExecutor(Executor):
                 _logging_levels(),
                 self.load_flow_input is not None,
                 clock,
+                self.load_run_headers is not None,
             ),
             name=f"pgflow-process-{next(self._numbers)}",
             # Not daemonic, so handlers may start processes of their own; the atexit hook
@@ -526,7 +532,10 @@ class ProcessExecutor(Executor):
             elif kind == _LOG:
                 self._forward_log(message[1])
             elif kind == _FLOW_INPUT:
-                self._answer_flow_input(child, message[1])
+                self._answer(child, _FLOW_INPUT, self.load_flow_input, message[1])
+            elif kind == _RUN_HEADERS:
+                loader = None if self.load_run_headers is None else self._plain_run_headers
+                self._answer(child, _RUN_HEADERS, loader, message[1])
             elif kind == _READY:
                 with self._lock:
                     child.ready = True
@@ -679,10 +688,18 @@ class ProcessExecutor(Executor):
         if target.isEnabledFor(record.levelno):
             target.handle(record)
 
-    def _answer_flow_input(self, child: _Child, run_id: str) -> None:
-        loader = self.load_flow_input
+    def _plain_run_headers(self, run_id: str) -> dict[str, str]:
+        # a plain dict for the pipe: the worker's read-only mapping does not pickle
+        assert self.load_run_headers is not None
+        return dict(self.load_run_headers(run_id))
+
+    def _answer(
+        self, child: _Child, kind: str, loader: Callable[[str], Any] | None, run_id: str
+    ) -> None:
+        """Answer a child's request for a run's flow input or headers (`kind`) with `loader`."""
+        what = _REQUESTS[kind]
         if loader is None:
-            child.send((_FLOW_INPUT, False, "the worker has no flow input loader"))
+            child.send((kind, False, f"the worker has no {what} loader"))
             return
 
         def answer() -> None:
@@ -691,12 +708,12 @@ class ProcessExecutor(Executor):
             try:
                 value = loader(run_id)
             except Exception as exc:
-                child.send((_FLOW_INPUT, False, f"{type(exc).__name__}: {exc}"))
+                child.send((kind, False, f"{type(exc).__name__}: {exc}"))
             else:
-                if not child.send((_FLOW_INPUT, True, value)):
-                    logger.debug("a worker process left before receiving its flow input")
+                if not child.send((kind, True, value)):
+                    logger.debug("a worker process left before receiving its %s", what)
 
-        threading.Thread(target=answer, name="pgflow-process-flow-input", daemon=True).start()
+        threading.Thread(target=answer, name=f"pgflow-process-{kind}", daemon=True).start()
 
     def _tear_down(self) -> None:
         with self._lock:
@@ -750,20 +767,27 @@ class _ChildRuntime:
     """State of one child process: its connection to the worker, the jobs it was given and the
     steps it loaded.
 
-    A receiver thread reads the pipe all the time (jobs into a queue, answers to flow-input
-    requests into another), so the worker's writes never wait for a handler to finish; the main
-    thread runs the jobs one after another and sends each result as soon as it has it.
+    A receiver thread reads the pipe all the time (jobs into a queue, answers to flow-input and
+    headers requests into another), so the worker's writes never wait for a handler to finish;
+    the main thread runs the jobs one after another and sends each result as soon as it has it.
     """
 
     def __init__(
-        self, conn: Connection, shutdown: ShutdownSignal, has_loader: bool, clock: Any
+        self,
+        conn: Connection,
+        shutdown: ShutdownSignal,
+        has_loader: bool,
+        clock: Any,
+        has_headers_loader: bool,
     ) -> None:
         self._conn = conn
         self._send_lock = threading.Lock()
-        # Handler threads may read flow inputs at the same time: one request/answer at a time.
+        # Handler threads may ask at the same time: one request/answer at a time, so an answer
+        # is always to the request just sent, whatever its kind.
         self._request_lock = threading.Lock()
         self._shutdown = shutdown
         self._has_loader = has_loader
+        self._has_headers_loader = has_headers_loader
         self._clock = clock
         self._steps: dict[tuple[str, str], RunnableStep] = {}
         self._jobs: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
@@ -782,7 +806,7 @@ class _ChildRuntime:
                 if message[0] == _JOBS:
                     for item in message[1]:
                         self._jobs.put(item)
-                elif message[0] == _FLOW_INPUT:
+                elif message[0] in _REQUESTS:
                     self._answers.put((message[1], message[2]))
         except (EOFError, OSError):
             pass  # the worker is gone
@@ -815,7 +839,8 @@ class _ChildRuntime:
                 f"the job could not be received by its worker process: {exc}",
             )
         loader = self._fetch_flow_input if self._has_loader else None
-        ctx = make_context(job, self._shutdown, loader)
+        headers = self._fetch_run_headers if self._has_headers_loader else None
+        ctx = make_context(job, self._shutdown, loader, load_run_headers=headers)
         return run_job(job, lambda: self._resolve(job), ctx)
 
     def _report(self, seq: int, seconds: float, result: JobResult) -> None:
@@ -840,11 +865,20 @@ class _ChildRuntime:
         return step
 
     def _fetch_flow_input(self, run_id: str) -> Any:
+        return self._ask(_FLOW_INPUT, run_id)
+
+    def _fetch_run_headers(self, run_id: str) -> Mapping[str, str]:
+        headers: Mapping[str, str] = self._ask(_RUN_HEADERS, run_id)
+        return headers
+
+    def _ask(self, kind: str, run_id: str) -> Any:
         with self._request_lock:
-            self.send((_FLOW_INPUT, run_id))
+            self.send((kind, run_id))
             ok, value = self._answers.get()
         if not ok:
-            raise ExecutorError(f"the flow input of run {run_id} could not be fetched: {value}")
+            raise ExecutorError(
+                f"the {_REQUESTS[kind]} of run {run_id} could not be fetched: {value}"
+            )
         return value
 
 
@@ -877,11 +911,12 @@ def _child_main(
     log_levels: dict[str, int],
     has_loader: bool,
     clock: Any,
+    has_headers_loader: bool,
 ) -> None:
     """Entry point of a child process (must stay importable at module level for spawn)."""
     # Ctrl-C in a terminal signals the whole process group; the worker alone decides to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    runtime = _ChildRuntime(conn, shutdown, has_loader, clock)
+    runtime = _ChildRuntime(conn, shutdown, has_loader, clock, has_headers_loader)
     root = logging.getLogger()
     root.handlers[:] = [_ForwardLogs(runtime.send)]
     for name, level in log_levels.items():

@@ -82,7 +82,12 @@ class ThreadExecutor(InFlightExecutor):
             self._pool.run_soon(self._run, job_id, job)
 
     def _run(self, job_id: int, job: Job) -> None:
-        ctx = make_context(job, self._shutdown_signal, self.load_flow_input)
+        ctx = make_context(
+            job,
+            self._shutdown_signal,
+            self.load_flow_input,
+            load_run_headers=self.load_run_headers,
+        )
         result = run_job(job, lambda: self.resolve_step(job.flow_slug, job.step_slug), ctx)
         with self._lock:
             entry = self._in_flight.pop(job_id, None)

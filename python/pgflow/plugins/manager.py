@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.metadata
+import inspect
 import logging
 import os
 import threading
@@ -24,7 +25,13 @@ import pluggy
 
 from pgflow import codec
 from pgflow.errors import PluginError, one_line
-from pgflow.executors.base import Executor, ExecutorFactory, FlowInputLoader, StepResolver
+from pgflow.executors.base import (
+    Executor,
+    ExecutorFactory,
+    FlowInputLoader,
+    RunHeadersLoader,
+    StepResolver,
+)
 from pgflow.flow import handlers
 from pgflow.flow.handlers import InputConverter, type_name
 from pgflow.plugins import hookspecs
@@ -487,13 +494,51 @@ def create_executor(
     concurrency: int,
     resolve_step: StepResolver,
     load_flow_input: FlowInputLoader | None = None,
+    load_run_headers: RunHeadersLoader | None = None,
 ) -> Executor:
     """Build the executor registered as `name`; raises `PluginError` listing the known names
-    when there is none."""
-    return executor_factory(name)(
+    when there is none.
+
+    `load_run_headers` goes only to factories that accept it: executor plugins written before
+    it existed keep working, their handlers' `ctx.headers` raising `RunHeadersUnavailable`.
+    """
+    factory = executor_factory(name)
+    if load_run_headers is None:
+        return factory(
+            concurrency=concurrency, resolve_step=resolve_step, load_flow_input=load_flow_input
+        )
+    if not _accepts_keyword(factory, "load_run_headers"):
+        logger.info(
+            "executor %r does not take `load_run_headers`: its handlers cannot read ctx.headers "
+            "(nor ctx.schedule, ctx.scheduled_at)",
+            name,
+        )
+        return factory(
+            concurrency=concurrency, resolve_step=resolve_step, load_flow_input=load_flow_input
+        )
+    # the protocol names only the arguments every factory takes
+    extended: Callable[..., Executor] = factory
+    return extended(
         concurrency=concurrency,
         resolve_step=resolve_step,
         load_flow_input=load_flow_input,
+        load_run_headers=load_run_headers,
+    )
+
+
+def _accepts_keyword(factory: Callable[..., object], name: str) -> bool:
+    """Whether `factory` can be called with keyword argument `name` (by name or `**kwargs`)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some builtins): do not risk it
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (
+            p.name == name
+            and p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        )
+        for p in parameters
     )
 
 

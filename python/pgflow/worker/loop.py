@@ -79,6 +79,7 @@ from pgflow.worker.reports import (
     ResultSink,
     error_text,
 )
+from pgflow.worker.run_headers import RunHeadersCache
 from pgflow.worker.run_inputs import RunInputCache
 from pgflow.worker.schedules import LOOK_INTERVAL, ScheduleFirer, describe_sync, sync_schedules
 from pgflow.worker.tracebacks import clean_traceback, redact_secrets
@@ -127,6 +128,8 @@ class WorkerStats:
     largest_claim: int = 0
     # runs this worker started for schedules' ticks
     ticks_fired: int = 0
+    # queries for a run's headers (a handler read ctx.headers): at most one per run it caches
+    run_headers_fetched: int = 0
 
 
 class Worker:
@@ -202,6 +205,7 @@ class Worker:
         # how long a handler takes, which bounds the prefetch
         self._pace = Pace(_PACE_WEIGHT)
         self._run_inputs = RunInputCache(self._fetch_run_input)
+        self._run_headers = RunHeadersCache(self._fetch_run_headers)
         self._input_lock = threading.Lock()
         self._input_conn: psycopg.Connection[Any] | None = None
         self._conn: psycopg.Connection[Any] | None = None
@@ -253,6 +257,7 @@ class Worker:
             concurrency=self.options.concurrency,
             resolve_step=self._resolve_step,
             load_flow_input=self._load_flow_input,
+            load_run_headers=self._run_headers.get,
         )
         self._executor.start()
         self._reporter = Reporter(
@@ -950,6 +955,17 @@ class Worker:
         if raw is None:
             raise PgflowError(f"run {run_id} does not exist (was it pruned?)")
         return raw
+
+    def _fetch_run_headers(self, run_id: str) -> Mapping[str, str]:
+        # as _fetch_run_input: executor threads call this, on the worker's input connection
+        with self._input_lock:
+            if self._input_conn is None or self._input_conn.closed:
+                self._input_conn = connect(self.dsn, autocommit=True)
+            headers = session.run_headers(self._input_conn, run_id)
+            self.stats.run_headers_fetched += 1
+        if headers is None:
+            raise PgflowError(f"run {run_id} does not exist (was it pruned?)")
+        return headers
 
     # -- signals -------------------------------------------------------------------------------
 

@@ -109,6 +109,19 @@ def run_input(conn: Conn, run_id: str) -> str | None:
     return None if row is None else str(row[0])
 
 
+def run_headers(conn: Conn, run_id: str) -> dict[str, str] | None:
+    """The run's headers (`{}` when it was started without any; None when the run does not
+    exist)."""
+    row = conn.execute(
+        "select h.headers from pgflow.runs r "
+        "left join pgflow.run_headers h on h.run_id = r.run_id where r.run_id = %s",
+        (run_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return dict(row[0]) if row[0] else {}
+
+
 def mark_stopped(conn: Conn, worker_id: UUID) -> None:
     conn.execute("select pgflow.mark_worker_stopped(%s)", (worker_id,))
 
