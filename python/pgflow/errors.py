@@ -331,6 +331,7 @@ __all__ = [
     "RunCancelled",
     "RunConflict",
     "RunFailed",
+    "RunHeadersUnavailable",
     "RunNotFound",
     "ScheduleError",
     "ScheduleNotFound",
