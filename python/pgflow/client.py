@@ -267,12 +267,17 @@ class ScheduleInfo:
 
 # -- the statements -------------------------------------------------------------------------------
 
-_RUN_COLUMNS = (
-    "r.run_id::text, r.flow_slug, r.status, r.input, r.output, r.error_message, "
-    "r.remaining_steps, r.started_at, r.completed_at, r.failed_at, r.cancelled_at, "
+# which schedule started a run and its tick, from the run's headers `h` (docs/schedules.md); a
+# tick that is not an ISO 8601 UTC instant (headers anyone may set) is left out, not an error
+SCHEDULE_HEADER_COLUMNS = (
     "h.headers ->> 'pgflow-schedule' as schedule, "
     "case when h.headers ->> 'pgflow-scheduled-at' ~ '^\\d{4}-\\d\\d-\\d\\dT[0-9:.]+Z$' "
     "then (h.headers ->> 'pgflow-scheduled-at')::timestamptz end as scheduled_at"
+)
+_RUN_COLUMNS = (
+    "r.run_id::text, r.flow_slug, r.status, r.input, r.output, r.error_message, "
+    "r.remaining_steps, r.started_at, r.completed_at, r.failed_at, r.cancelled_at, "
+    + SCHEDULE_HEADER_COLUMNS
 )
 # runs with the schedule that started them, if any (docs/schedules.md)
 _RUNS_FROM = "pgflow.runs r left join pgflow.run_headers h on h.run_id = r.run_id"

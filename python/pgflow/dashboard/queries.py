@@ -1,11 +1,12 @@
-"""What the dashboard reads, as SQL over one connection each: the flows with their run counts and
-queue depths, pages of runs, one run with its steps, tasks and attempts, a run's live state, and
-whole values that the pages show cut short.
+"""What the dashboard reads, as SQL over one connection each: the flows with their run counts,
+queue depths and schedules, pages of runs (with the schedule that started each), one run with
+its steps, tasks and attempts, a run's live state, and whole values that the pages show cut
+short.
 
 Each statement is served by an index at any number of runs (tests/integration/
 test_dashboard_plans.py checks the plans): lists of runs by `runs_*_idx` (keyset pagination:
 a page resumes after the last run of the previous one, by `(started_at, run_id)`), a run, its
-steps and tasks by their primary keys, a run id prefix by the primary key's range. Reading flow
+headers, steps and tasks by their primary keys, a run id prefix by the primary key's range. Reading flow
 definitions, workers, and the actions (start, cancel) go through `pgflow.client`, so those rules
 live in one place.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -26,7 +28,7 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
-from pgflow.client import _prefix_bounds
+from pgflow.client import SCHEDULE_HEADER_COLUMNS, _prefix_bounds, _schedule_info
 from pgflow.errors import PgflowError, RunNotFound
 
 Conn = psycopg.AsyncConnection[dict[str, Any]]
@@ -84,13 +86,54 @@ order by f.flow_slug
 _QUEUES = "select queue_name, queue_length, oldest_msg_age_sec from pgmq.metrics_all()"
 
 
+# Each schedule with the status of its last run (None once that run is pruned). The input is
+# left out: a page lists schedules, and an input may be large.
+_SCHEDULES = """
+select s.flow_slug, s.schedule_name as name, s.cron, s.timezone, null::jsonb as input,
+  s.catch_up, s.origin, s.paused_at, s.removed_from_code_at, s.ticks_from, s.next_tick_at,
+  s.last_tick_at, s.last_run_id::text, s.created_at, s.updated_at,
+  (select r.status from pgflow.runs r where r.run_id = s.last_run_id) as last_run_status
+from pgflow.schedules s
+where %(flow)s::text is null or s.flow_slug = %(flow)s
+order by s.flow_slug, s.schedule_name
+"""
+
+
+async def schedules(conn: Conn, flow: str | None = None) -> dict[str, list[dict[str, Any]]] | None:
+    """The schedules of every flow (or of the one named), by flow slug; None when the
+    dashboard's role may not read `pgflow.schedules` (`pgflow_client` may)."""
+    try:
+        async with conn.transaction():  # a refusal must not break the connection's state
+            cursor = await conn.execute(_SCHEDULES, {"flow": flow})
+            rows = await cursor.fetchall()
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        last_run_status = row.pop("last_run_status")
+        # the client's reading: its state, and the next tick when no worker has computed it
+        schedule = _schedule_info(row)
+        state = schedule.state
+        info = dataclasses.asdict(schedule)
+        del info["input"]
+        if state != "active":
+            info["next_tick_at"] = None  # a paused or disabled schedule fires nothing
+        info["state"] = state
+        info["last_run_status"] = last_run_status
+        found.setdefault(info.pop("flow_slug"), []).append(info)
+    return found
+
+
 async def flows(conn: Conn, flow: str | None = None) -> list[dict[str, Any]]:
-    """Every flow (or the one named) with its options, runs per status and queue depth.
+    """Every flow (or the one named) with its options, runs per status, queue depth and
+    schedules.
 
     The queue depth is None when the dashboard's role may not read pgmq's queues (the roles
-    `pgflow_client` and `pgflow_worker` may not)."""
+    `pgflow_client` and `pgflow_worker` may not); the schedules are None when it may not read
+    `pgflow.schedules`."""
     cursor = await conn.execute(_FLOWS, {"statuses": list(RUN_STATUSES), "flow": flow})
     found = await cursor.fetchall()
+    by_flow = await schedules(conn, flow)
     queues: dict[str, dict[str, Any]] | None
     try:
         async with conn.transaction():  # a refusal must not break the connection's state
@@ -110,6 +153,7 @@ async def flows(conn: Conn, flow: str | None = None) -> list[dict[str, Any]]:
             }
         )
         row["queue_readable"] = queues is not None
+        row["schedules"] = None if by_flow is None else by_flow.get(row["flow_slug"], [])
     return found
 
 
@@ -118,7 +162,16 @@ async def flows(conn: Conn, flow: str | None = None) -> list[dict[str, Any]]:
 _RUN_LIST_COLUMNS = (
     "run_id::text, flow_slug, status, started_at, "
     "coalesce(completed_at, failed_at, cancelled_at) as finished_at, remaining_steps, "
-    "left(error_message, 300) as error_message"
+    "left(error_message, 300) as error_message, " + SCHEDULE_HEADER_COLUMNS
+)
+
+# A run's headers `h` (which schedule started it), looked up by primary key for each run a
+# statement returns. The LIMIT keeps the planner from flattening the subquery into a join, which
+# it could answer by hashing every run's headers: the cost of a page must not grow with the
+# number of runs a schedule started.
+_WITH_HEADERS = (
+    "pgflow.runs left join lateral (select h0.headers from pgflow.run_headers h0 "
+    "where h0.run_id = runs.run_id limit 1) h on true"
 )
 
 
@@ -186,8 +239,9 @@ async def runs_page(conn: Conn, where: RunFilter, after: str | None, limit: int)
             params += [_timestamp(started_at), _uuid(run_id)]
         # runs.run_id: the column (the bare name would be the select list's run_id::text)
         order = sql.SQL("started_at desc, runs.run_id desc")
-    query = sql.SQL("select {} from pgflow.runs {} order by {} limit %s").format(
+    query = sql.SQL("select {} from {} {} order by {} limit %s").format(
         sql.SQL(_RUN_LIST_COLUMNS),
+        sql.SQL(_WITH_HEADERS),
         sql.SQL("where ") + sql.SQL(" and ").join(conditions) if conditions else sql.SQL(""),
         order,
     )
@@ -233,8 +287,8 @@ def run_uuid(run_id: str) -> str:
 _RUN = f"""
 select run_id::text, flow_slug, status, {preview("input", "input")},
   {preview("output", "output")}, error_message, remaining_steps, started_at, completed_at,
-  failed_at, cancelled_at, now() as now
-from pgflow.runs where run_id = %(run_id)s
+  failed_at, cancelled_at, {SCHEDULE_HEADER_COLUMNS}, now() as now
+from {_WITH_HEADERS} where run_id = %(run_id)s
 """
 
 _STEPS = f"""
