@@ -28,6 +28,16 @@ function scheduleNames(flow) {
       s.name, s.state === "active" ? "" : h("span", { class: "muted" }, ` (${s.state})`))]);
 }
 
+// a tick in the browser's time, with the schedule's own time zone's reading as its tooltip
+function tick(iso, s) {
+  if (!iso) return "–";
+  let there = null;
+  try {
+    there = `${new Date(iso).toLocaleString(undefined, { hour12: false, timeZone: s.timezone })} in ${s.timezone}`;
+  } catch { /* a time zone this browser does not know */ }
+  return h("span", { title: there }, when(iso));
+}
+
 function lastRun(s) {
   if (!s.last_run_id) return "–";
   const link = h("a", { class: "mono", href: `#/runs/${s.last_run_id}` }, s.last_run_id.slice(0, 8));
@@ -49,8 +59,8 @@ function schedulesTable(flow) {
       h("td", {}, s.origin === "code" ? "code" : "run time"),
       h("td", {}, badge(s.state)),
       h("td", { class: "num" }, String(s.catch_up)),
-      h("td", { class: "next-tick" }, s.state === "active" ? (s.next_tick_at ? when(s.next_tick_at) : "none within 50 years") : "–"),
-      h("td", { class: "last-tick" }, when(s.last_tick_at)),
+      h("td", { class: "next-tick" }, s.state === "active" ? (s.next_tick_at ? tick(s.next_tick_at, s) : "none within 50 years") : "–"),
+      h("td", { class: "last-tick" }, tick(s.last_tick_at, s)),
       h("td", { class: "last-run" }, lastRun(s)),
     ))));
 }
