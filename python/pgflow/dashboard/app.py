@@ -5,11 +5,14 @@ stream of a run, and the two actions.
 `pgflow dashboard` serves with uvicorn. Every endpoint is under `/api/`:
 
     GET  /api/session                       what the page may do (actions, CSRF token, ...)
-    GET  /api/flows                         flows: options, runs per status, queue depth
+    GET  /api/flows                         flows: options, runs per status, queue depth,
+                                            schedules
     GET  /api/flows/{flow}                  one flow with its steps and their DAG layout
     GET  /api/runs?flow=&status=&q=&after=&limit=
-                                            runs, newest first (by id for a prefix `q`)
-    GET  /api/runs/{run}                    a run: input, output, steps, tasks, attempts
+                                            runs, newest first (by id for a prefix `q`), each
+                                            with the schedule that started it
+    GET  /api/runs/{run}                    a run: schedule, input, output, steps, tasks,
+                                            attempts
     GET  /api/runs/{run}/events             its live state (server-sent events)
     GET  /api/runs/{run}/steps/{step}/tasks?after=&status=&limit=
     GET  /api/runs/{run}/input | /output | /steps/{step}/output
