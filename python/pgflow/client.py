@@ -267,12 +267,11 @@ class ScheduleInfo:
 
 # -- the statements -------------------------------------------------------------------------------
 
-# which schedule started a run and its tick, from the run's headers `h` (docs/schedules.md); a
-# tick that is not an ISO 8601 UTC instant (headers anyone may set) is left out, not an error
+# which schedule started a run and its tick (as text: `scheduled_tick` reads it), from the run's
+# headers `h` (docs/schedules.md)
 SCHEDULE_HEADER_COLUMNS = (
     "h.headers ->> 'pgflow-schedule' as schedule, "
-    "case when h.headers ->> 'pgflow-scheduled-at' ~ '^\\d{4}-\\d\\d-\\d\\dT[0-9:.]+Z$' "
-    "then (h.headers ->> 'pgflow-scheduled-at')::timestamptz end as scheduled_at"
+    "h.headers ->> 'pgflow-scheduled-at' as scheduled_at"
 )
 _RUN_COLUMNS = (
     "r.run_id::text, r.flow_slug, r.status, r.input, r.output, r.error_message, "
@@ -564,7 +563,7 @@ class _Plans:
             raise RunNotFound(f"run {run_id} does not exist")
         steps = yield _Query(_SQL.STEPS, (run_id,))
         tasks = (yield _Query(_SQL.TASKS, (run_id,))) if with_tasks else []
-        run = Run(steps=tuple(_steps_from(steps, tasks)), **rows[0])
+        run = _run_from(rows[0], tuple(_steps_from(steps, tasks)))
         if run.output is None:
             return run
         serializer = yield from self.serializer_of(run.flow_slug)
@@ -636,7 +635,7 @@ class _Plans:
     def runs(self, flow: str | None, status: str | None, limit: int) -> _Plan[list[Run]]:
         _check_limit(limit)
         rows = yield _Query(*_SQL.runs(flow, status, limit))
-        return [Run(**row) for row in rows]
+        return [_run_from(row) for row in rows]
 
     def flows(self) -> _Plan[list[FlowDefinition]]:
         rows = yield _Query(_SQL.FLOWS, ())
@@ -762,6 +761,24 @@ def _check_limit(limit: int) -> None:
 # how many run ids an ambiguous prefix lists
 _CANDIDATES = 5
 _HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+def scheduled_tick(header: str | None) -> datetime | None:
+    """The instant of a `pgflow-scheduled-at` run header (ISO 8601 in UTC, as
+    `pgflow.fire_schedule_ticks` writes it); None for any other text. Read here rather than cast
+    in SQL: anyone who may start runs may set the header, and a cast that fails (`2025-02-31`)
+    would fail the whole list of runs."""
+    if header is None or not header.endswith("Z"):
+        return None
+    try:
+        # Python 3.10's fromisoformat does not read "Z"
+        return datetime.fromisoformat(header[:-1] + "+00:00")
+    except ValueError:
+        return None
+
+
+def _run_from(row: dict[str, Any], steps: tuple[StepState, ...] = ()) -> Run:
+    return Run(steps=steps, **{**row, "scheduled_at": scheduled_tick(row["scheduled_at"])})
 
 
 def _run_uuid(run_id: str | UUID) -> str:

@@ -373,15 +373,26 @@ def test_runs_say_which_schedule_started_them(api: TestClient, conn: Conn, db_ds
     assert (other["schedule"], other["scheduled_at"]) == (None, None)
 
 
-def test_a_tick_header_that_is_not_an_instant_is_left_out(api: TestClient, conn: Conn) -> None:
+@pytest.mark.parametrize("tick", ["yesterday", "2025-02-31T03:00:00.000000Z", "2025-03-01"])
+def test_a_tick_header_that_is_not_an_instant_is_left_out(
+    api: TestClient, conn: Conn, db_dsn: str, tick: str
+) -> None:
+    """Anyone who may start runs may set the headers: one that is not an instant (even one that
+    looks like it, and would fail a cast in SQL) leaves the tick out, and every list works."""
     _define(conn, "pa")
     row = conn.execute(
         "select run_id::text from pgflow.start_flow_with_headers('pa', '{}', %s)",
-        ('{"pgflow-schedule": "by_hand", "pgflow-scheduled-at": "yesterday"}',),
+        (json.dumps({"pgflow-schedule": "by_hand", "pgflow-scheduled-at": tick}),),
     ).fetchone()
     assert row is not None
     (listed,) = api.get("/api/runs").json()["runs"]
     assert (listed["schedule"], listed["scheduled_at"]) == ("by_hand", None)
+    run = api.get(f"/api/runs/{row[0]}").json()
+    assert (run["schedule"], run["scheduled_at"]) == ("by_hand", None)
+    with Client(db_dsn) as client:  # and `pgflow runs list`, which reads runs the same way
+        (found,) = client.runs()
+        assert (found.schedule, found.scheduled_at) == ("by_hand", None)
+        assert client.get(row[0]).scheduled_at is None
 
 
 def test_flows_show_their_schedules(api: TestClient, conn: Conn, db_dsn: str) -> None:

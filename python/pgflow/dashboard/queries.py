@@ -28,7 +28,12 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
-from pgflow.client import SCHEDULE_HEADER_COLUMNS, _prefix_bounds, _schedule_info
+from pgflow.client import (
+    SCHEDULE_HEADER_COLUMNS,
+    _prefix_bounds,
+    _schedule_info,
+    scheduled_tick,
+)
 from pgflow.errors import PgflowError, RunNotFound
 
 Conn = psycopg.AsyncConnection[dict[str, Any]]
@@ -249,6 +254,8 @@ async def runs_page(conn: Conn, where: RunFilter, after: str | None, limit: int)
     rows = await cursor.fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
+    for row in rows:
+        row["scheduled_at"] = scheduled_tick(row["scheduled_at"])
     next_cursor = None
     if more:
         last = rows[-1]
@@ -361,6 +368,7 @@ async def run_detail(conn: Conn, run_id: str) -> dict[str, Any]:
         raise NotFound(f"run {run_id} does not exist (or was pruned)")
     run["input"] = value_of(run, "input")
     run["output"] = value_of(run, "output")
+    run["scheduled_at"] = scheduled_tick(run["scheduled_at"])
     cursor = await conn.execute(_STEPS, params)
     steps = await cursor.fetchall()
     cursor = await conn.execute(_RUN_TASKS, params)
