@@ -15,7 +15,9 @@ sent: live runs); the others are finished runs written straight into `runs`, `st
 `step_tasks` in the state the SQL functions leave them (completed: every step and task completed
 with outputs; failed: the root step and its task failed after 3 attempts, the rest never
 started; cancelled: the root step started with its task cancelled), which every table
-constraint checks. Running 100,000 runs through a worker would take minutes of a shared machine
+constraint checks. One in 10 runs of the first flow was started by its schedule `hourly` (run
+headers `pgflow-schedule` and `pgflow-scheduled-at`), one in 7 others carries a trace header;
+the flow has three schedules (declared in code, at run time, paused). Running 100,000 runs through a worker would take minutes of a shared machine
 for rows that end up the same.
 """
 
@@ -126,6 +128,27 @@ from fill f
 join fill_steps s on s.flow_slug = f.flow_slug
 cross join lateral generate_series(0, s.tasks - 1) i
 where f.status = 'completed' or s.step_index = 0;
+
+insert into pgflow.run_headers (run_id, headers)
+select run_id,
+  case when g %% 10 = 1 then jsonb_build_object('pgflow-schedule', 'hourly',
+         'pgflow-scheduled-at', to_char(t0 at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+       else jsonb_build_object('traceparent', '00-' || replace(run_id::text, '-', '')
+         || '-00f067aa0ba902b7-01') end
+from fill
+where (g %% 10 = 1 and flow_slug = '{FLOW_A}') or g %% 7 = 3;
+"""
+
+_SCHEDULES = f"""
+select pgflow.sync_code_schedules('{FLOW_A}', '[{{"name": "hourly", "cron": "0 * * * *"}},
+  {{"name": "nightly", "cron": "0 3 * * *", "timezone": "Europe/Paris"}}]');
+select pgflow.create_schedule('{FLOW_A}', 'by_hand', '*/15 * * * *', 'UTC', '{{}}', 0);
+select pgflow.set_schedule_paused('{FLOW_A}', 'by_hand', true);
+update pgflow.schedules s set last_run_id = h.run_id,
+  last_tick_at = (h.headers ->> 'pgflow-scheduled-at')::timestamptz
+from (select h.run_id, h.headers from pgflow.run_headers h join pgflow.runs r using (run_id)
+      where h.headers ->> 'pgflow-schedule' = 'hourly' order by r.started_at desc limit 1) h
+where s.flow_slug = '{FLOW_A}' and s.schedule_name = 'hourly';
 """
 
 _LIVE = f"""
@@ -143,11 +166,10 @@ def fill(dsn: str, runs: int) -> None:
         with conn.transaction():
             conn.execute("set local synchronous_commit = off")
             for statement in _FILL.split(";\n\n"):
-                if "%(runs)s" in statement:
-                    conn.execute(statement, {"runs": runs})
-                else:
-                    conn.execute(statement)
+                conn.execute(statement, {"runs": runs})  # (every % of _FILL is written %%)
         conn.execute(_LIVE, {"runs": runs})
+        for statement in _SCHEDULES.strip().split(";\n"):
+            conn.execute(statement)
         for worker in range(20):
             conn.execute(
                 "select pgflow.register_worker(%s, %s, %s)",

@@ -268,13 +268,17 @@ class ScheduleInfo:
 
 # -- the statements -------------------------------------------------------------------------------
 
+# which schedule started a run and its tick, from the run's headers `h` (docs/schedules.md). The
+# tick as text, read by parse_scheduled_at (as ctx.scheduled_at reads it): anyone who may start a
+# run may set the header, so text that is no instant must not fail the whole query.
+SCHEDULE_HEADER_COLUMNS = (
+    f"h.headers ->> '{SCHEDULE_HEADER}' as schedule, "
+    f"h.headers ->> '{SCHEDULED_AT_HEADER}' as scheduled_at"
+)
 _RUN_COLUMNS = (
     "r.run_id::text, r.flow_slug, r.status, r.input, r.output, r.error_message, "
     "r.remaining_steps, r.started_at, r.completed_at, r.failed_at, r.cancelled_at, "
-    f"h.headers ->> '{SCHEDULE_HEADER}' as schedule, "
-    # the header's text, read by parse_scheduled_at (as ctx.scheduled_at reads it): anyone who
-    # may start a run may set it, so text that is no instant must not fail the whole query
-    f"h.headers ->> '{SCHEDULED_AT_HEADER}' as scheduled_at"
+    + SCHEDULE_HEADER_COLUMNS
 )
 # runs with the schedule that started them, if any (docs/schedules.md)
 _RUNS_FROM = "pgflow.runs r left join pgflow.run_headers h on h.run_id = r.run_id"

@@ -244,6 +244,14 @@ class ScheduleNotFound(ScheduleError, LookupError):
     """The flow has no schedule of this name."""
 
 
+class DashboardBadRequest(PgflowError):
+    """A request the dashboard cannot answer as asked (HTTP 400), saying what to send instead."""
+
+
+class DashboardNotFound(PgflowError, LookupError):
+    """What a dashboard request asked for does not exist (HTTP 404)."""
+
+
 class BenchError(PgflowError):
     """A benchmark could not run, or a run produced a wrong output."""
 
@@ -308,6 +316,8 @@ __all__ = [
     "BenchError",
     "ConfigError",
     "CoreError",
+    "DashboardBadRequest",
+    "DashboardNotFound",
     "DatabaseUnavailable",
     "ElementOutOfRange",
     "EmbeddedUnavailable",

@@ -4,7 +4,8 @@
 a condition, a fan-in; its `publish` step waits for `GATE` when the input says `"wait": true`, so
 a test can watch a run while it moves. `broken` fails every attempt of its only step.
 `serve(config)` runs the dashboard in a real uvicorn on a free port (the live stream needs a
-real server).
+real server). `fire_now` makes a schedule's latest tick due and fires it, as a worker would,
+without waiting for the clock.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
+import psycopg
+import psycopg.conninfo
 import pytest
 import uvicorn
 
@@ -26,6 +30,7 @@ from pgflow.context import Context
 from pgflow.dashboard import DashboardConfig, create_app
 from pgflow.flow import Flow
 from pgflow.worker import Worker
+from pgflow.worker.schedules import ScheduleFirer
 
 CI_ENV = "PGFLOW_CI"
 GATE = threading.Event()
@@ -109,6 +114,49 @@ def worker(dsn: str, *flows: Flow, gated: bool = False) -> Iterator[Worker]:
         running.wait_stopped(30)
         thread.join(30)
     assert not errors, errors
+
+
+def fire_now(conn: psycopg.Connection[Any], flow_slug: str, name: str) -> tuple[datetime, str]:
+    """Fire the latest tick of the last 8 days of a schedule that never fired (as if its workers
+    had been down since): returns (tick, run id). A worker serving the flow may fire it instead
+    (one run per tick either way); `conn` is the database owner's, in autocommit."""
+    row = conn.execute(
+        "update pgflow.schedules set ticks_from = now() - interval '8 days', next_tick_at = null"
+        " where flow_slug = %s and schedule_name = %s and last_tick_at is null"
+        " returning schedule_id",
+        (flow_slug, name),
+    ).fetchone()
+    assert row is not None, f"schedule {name} of {flow_slug} does not exist or already fired"
+    ScheduleFirer([flow_slug]).fire(conn)
+    fired: list[tuple[datetime, str]] = []
+
+    def tick() -> bool:
+        found = conn.execute(
+            "select last_tick_at, last_run_id::text from pgflow.schedules"
+            " where schedule_id = %s and last_run_id is not null",
+            (row[0],),
+        ).fetchone()
+        if found is not None:
+            fired.append((found[0], found[1]))
+        return found is not None
+
+    wait_until(tick, f"schedule {name} to fire")
+    return fired[-1]
+
+
+def login(conn: psycopg.Connection[Any], db_dsn: str, name: str, *grants: str) -> str:
+    """A DSN of `db_dsn` as the login role `name` (created once per server: roles are the
+    cluster's), after running each of `grants` (SQL naming the role as {role})."""
+    conn.execute(
+        f"do $$ begin if not exists (select 1 from pg_roles where rolname = '{name}') "
+        f"then create role {name} login; end if; end $$"
+    )
+    for grant in grants:
+        conn.execute(grant.format(role=name))
+    params = psycopg.conninfo.conninfo_to_dict(db_dsn)
+    params["user"] = name
+    params.pop("password", None)
+    return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
 
 
 def free_port() -> int:

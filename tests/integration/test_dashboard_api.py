@@ -3,18 +3,22 @@ lifespan included) against a real migrated database, with runs that a real worke
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from dashboard_helpers import broken, site, wait_until, worker
+from dashboard_helpers import broken, fire_now, login, site, wait_until, worker
 from starlette.testclient import TestClient
 
 from pgflow.client import Client
 from pgflow.dashboard import DashboardConfig, create_app
 from pgflow.dashboard.queries import PREVIEW_CHARS, TASKS_PER_STEP
+from pgflow.db.prune import prune
 
 BASE = "http://127.0.0.1:8008"
 
@@ -328,3 +332,147 @@ def test_a_database_that_is_not_migrated_is_refused_at_start(empty_db_dsn: str) 
         TestClient(create_app(DashboardConfig(dsn=empty_db_dsn)), base_url=BASE),
     ):
         pass
+
+
+# -- schedules (docs/schedules.md) ----------------------------------------------------------------
+
+
+def _iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_runs_say_which_schedule_started_them(api: TestClient, conn: Conn, db_dsn: str) -> None:
+    _define(conn, "pa")
+    with Client(db_dsn) as client:
+        client.add_schedule("pa", "nightly", "0 3 * * *", {"n": 1}, timezone="Europe/Paris")
+    tick, scheduled = fire_now(conn, "pa", "nightly")
+    (plain,) = _start_many(conn, "pa", 1)
+    row = conn.execute(
+        "select run_id::text from pgflow.start_flow_with_headers('pa', '{}', %s)",
+        ('{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}',),
+    ).fetchone()
+    assert row is not None
+    traced = row[0]
+
+    listed = {r["run_id"]: r for r in api.get("/api/runs").json()["runs"]}
+    assert listed.keys() == {scheduled, plain, traced}
+    assert listed[scheduled]["schedule"] == "nightly"
+    assert _iso(listed[scheduled]["scheduled_at"]) == tick
+    assert tick.astimezone(ZoneInfo("Europe/Paris")).hour == 3
+    for other in (plain, traced):  # no headers, or headers of another kind
+        assert (listed[other]["schedule"], listed[other]["scheduled_at"]) == (None, None)
+    # the same in every list: by flow, by status, by run id prefix
+    for params in ({"flow": "pa"}, {"status": "started"}, {"q": scheduled[:8]}):
+        runs = {r["run_id"]: r for r in api.get("/api/runs", params=params).json()["runs"]}
+        assert runs[scheduled]["schedule"] == "nightly", params
+
+    run = api.get(f"/api/runs/{scheduled}").json()
+    assert run["schedule"] == "nightly" and _iso(run["scheduled_at"]) == tick
+    assert run["input"]["text"] == '{"n": 1}'
+    other = api.get(f"/api/runs/{traced}").json()
+    assert (other["schedule"], other["scheduled_at"]) == (None, None)
+
+
+@pytest.mark.parametrize("tick", ["yesterday", "2025-02-31T03:00:00.000000Z", "2025-03-01"])
+def test_a_tick_header_that_is_not_an_instant_is_left_out(
+    api: TestClient, conn: Conn, db_dsn: str, tick: str
+) -> None:
+    """Anyone who may start runs may set the headers: one that is not an instant (even one that
+    looks like it, and would fail a cast in SQL) leaves the tick out, and every list works."""
+    _define(conn, "pa")
+    row = conn.execute(
+        "select run_id::text from pgflow.start_flow_with_headers('pa', '{}', %s)",
+        (json.dumps({"pgflow-schedule": "by_hand", "pgflow-scheduled-at": tick}),),
+    ).fetchone()
+    assert row is not None
+    (listed,) = api.get("/api/runs").json()["runs"]
+    assert (listed["schedule"], listed["scheduled_at"]) == ("by_hand", None)
+    run = api.get(f"/api/runs/{row[0]}").json()
+    assert (run["schedule"], run["scheduled_at"]) == ("by_hand", None)
+    with Client(db_dsn) as client:  # and `pgflow runs list`, which reads runs the same way
+        (found,) = client.runs()
+        assert (found.schedule, found.scheduled_at) == ("by_hand", None)
+        assert client.get(row[0]).scheduled_at is None
+
+
+def test_flows_show_their_schedules(api: TestClient, conn: Conn, db_dsn: str) -> None:
+    for slug in ("pa", "pb", "pc"):
+        _define(conn, slug)
+    declared = [
+        {"name": "nightly", "cron": "0 3 * * *", "timezone": "Europe/Paris", "input": {}},
+        {"name": "gone", "cron": "*/5 * * * *"},
+    ]
+    # a worker's reconciliation, then a redeploy whose code no longer declares "gone"
+    conn.execute("select pgflow.sync_code_schedules('pa', %s)", (json.dumps(declared),))
+    conn.execute("select pgflow.sync_code_schedules('pa', %s)", (json.dumps(declared[:1]),))
+    with Client(db_dsn) as client:
+        client.add_schedule("pa", "hourly", "0 * * * *", catch_up=2)
+        client.pause_schedule("pa", "hourly")
+        client.add_schedule("pa", "fresh", "*/10 * * * *")
+        client.add_schedule("pb", "pruned", "0 0 * * *")
+    tick, run_id = fire_now(conn, "pa", "nightly")
+    _, gone_run = fire_now(conn, "pb", "pruned")
+    conn.execute("select pgflow.cancel_run(%s)", (gone_run,))
+    assert prune(db_dsn, timedelta(0)).runs == 1
+
+    flows = {f["flow_slug"]: f for f in api.get("/api/flows").json()["flows"]}
+    assert flows["pc"]["schedules"] == []
+    pa = {s["name"]: s for s in flows["pa"]["schedules"]}
+    assert list(pa) == ["fresh", "gone", "hourly", "nightly"]  # by name
+    assert {n: (s["origin"], s["state"]) for n, s in pa.items()} == {
+        "fresh": ("runtime", "active"),
+        "gone": ("code", "removed from code"),
+        "hourly": ("runtime", "paused"),
+        "nightly": ("code", "active"),
+    }
+    nightly = pa["nightly"]
+    assert (nightly["cron"], nightly["timezone"], nightly["catch_up"]) == (
+        "0 3 * * *",
+        "Europe/Paris",
+        0,
+    )
+    assert _iso(nightly["last_tick_at"]) == tick
+    assert nightly["last_run_id"] == run_id and nightly["last_run_status"] == "started"
+    next_tick = _iso(nightly["next_tick_at"])
+    assert next_tick > tick and next_tick.astimezone(ZoneInfo("Europe/Paris")).hour == 3
+    # never fired: its next tick is computed from the cron, as `pgflow schedules list` does
+    assert pa["fresh"]["next_tick_at"] is not None and pa["fresh"]["last_run_id"] is None
+    assert _iso(pa["fresh"]["next_tick_at"]).minute % 10 == 0
+    # paused or disabled: no next tick
+    assert pa["hourly"]["next_tick_at"] is None and pa["hourly"]["catch_up"] == 2
+    assert pa["gone"]["next_tick_at"] is None and pa["gone"]["removed_from_code_at"]
+    assert "input" not in nightly
+    # the last run was pruned: the schedule still names it, without a status
+    (pruned,) = flows["pb"]["schedules"]
+    assert pruned["last_run_id"] == gone_run and pruned["last_run_status"] is None
+
+    one = api.get("/api/flows/pa").json()
+    assert one["schedules"] == flows["pa"]["schedules"]
+    assert api.get("/api/flows/pc").json()["schedules"] == []
+
+
+def test_schedules_as_pgflow_client_and_as_a_role_that_may_not_read_them(
+    conn: Conn, db_dsn: str
+) -> None:
+    _define(conn, "pa")
+    with Client(db_dsn) as client:
+        client.add_schedule("pa", "hourly", "0 * * * *")
+    as_client = login(conn, db_dsn, "pgflow_dash_client", "grant pgflow_client to {role}")
+    with TestClient(create_app(DashboardConfig(dsn=as_client)), base_url=BASE) as api:
+        (flow,) = api.get("/api/flows").json()["flows"]
+        assert [s["name"] for s in flow["schedules"]] == ["hourly"]
+        assert flow["queue_readable"] is False  # pgmq's tables: not pgflow_client's
+    # a role given pgflow's tables one by one, without the schedules
+    reader = login(
+        conn,
+        db_dsn,
+        "pgflow_dash_reader",
+        "grant usage on schema pgflow to {role}",
+        "grant select on all tables in schema pgflow to {role}",
+        "revoke select on pgflow.schedules from {role}",
+    )
+    with TestClient(create_app(DashboardConfig(dsn=reader)), base_url=BASE) as api:
+        (flow,) = api.get("/api/flows").json()["flows"]
+        assert flow["schedules"] is None and flow["runs"]["started"] == 0
+        one = api.get("/api/flows/pa")
+        assert one.status_code == 200 and one.json()["schedules"] is None

@@ -1,5 +1,5 @@
-"""Every statement the dashboard sends about runs, steps, tasks and attempts is served by an
-index: each is EXPLAINed, as the dashboard sends it, on a database of 20,000 runs filled as
+"""Every statement the dashboard sends about runs, their headers, steps, tasks and attempts is
+served by an index: each is EXPLAINed, as the dashboard sends it, on a database of 20,000 runs filled as
 benches/bench_dashboard.py fills its 100,000 (the planner's choices are the same at both sizes:
 the bench's page times confirm it), with the planner free to choose (enable_seqscan stays on).
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benches"))
 from bench_dashboard import FLOW_A, FLOW_B, fill
 
 RUNS = 20_000
-WATCHED = ("runs", "step_states", "step_tasks", "task_attempts")
+WATCHED = ("runs", "run_headers", "step_states", "step_tasks", "task_attempts")
 
 
 class Explaining:
@@ -97,7 +97,7 @@ async def _every_statement(dsn: str) -> list[tuple[str, dict[str, Any]]]:
         run_id = sample["id"]
         deep = queries._encode_cursor(sample["started_at"].isoformat(), run_id)
         conn: Any = Explaining(raw)
-        await queries.flows(conn)
+        await queries.flows(conn)  # with the schedules of every flow
         await queries.flows(conn, FLOW_A)
         for where in (
             RunFilter(),
@@ -164,3 +164,29 @@ def test_the_run_lists_read_in_index_order_without_sorting(big_db: str) -> None:
         assert {n.get("Index Name") for n in found} & keyset, found
     used = {n.get("Index Name") for found in lists for n in found} - {None}
     assert {"runs_flow_status_idx", "runs_status_idx", "runs_pkey"} <= used, used
+
+
+def test_which_schedule_started_a_run_is_read_by_primary_key_for_the_runs_shown(
+    big_db: str,
+) -> None:
+    """The runs lists and a run read the headers of the runs they return, one primary key
+    lookup each (2,000 of the 20,000 runs were started by a schedule): never a scan or a hash
+    of every run's headers, which would grow with the runs schedules start."""
+    plans = asyncio.run(_every_statement(big_db))
+    reading = [
+        (text, list(nodes(plan)))
+        for text, plan in plans
+        if any(n.get("Relation Name") == "run_headers" for n in nodes(plan))
+    ]
+    assert len(reading) == 11, [text for text, _ in reading]  # 10 lists and a run
+    for text, found in reading:
+        headers = [n for n in found if n.get("Relation Name") == "run_headers"]
+        assert [n.get("Index Name") for n in headers] == ["run_headers_pkey"], text
+        assert all(n["Node Type"] != "Hash" for n in found), text
+    # and the fill made runs that a schedule started, so the planner saw many headers
+    with psycopg.connect(big_db) as conn:
+        row = conn.execute(
+            "select count(*) filter (where headers ? 'pgflow-schedule'), count(*)"
+            " from pgflow.run_headers"
+        ).fetchone()
+    assert row is not None and row[0] >= RUNS // 20 and row[1] > row[0]

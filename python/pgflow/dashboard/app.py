@@ -5,11 +5,14 @@ stream of a run, and the two actions.
 `pgflow dashboard` serves with uvicorn. Every endpoint is under `/api/`:
 
     GET  /api/session                       what the page may do (actions, CSRF token, ...)
-    GET  /api/flows                         flows: options, runs per status, queue depth
+    GET  /api/flows                         flows: options, runs per status, queue depth,
+                                            schedules
     GET  /api/flows/{flow}                  one flow with its steps and their DAG layout
     GET  /api/runs?flow=&status=&q=&after=&limit=
-                                            runs, newest first (by id for a prefix `q`)
-    GET  /api/runs/{run}                    a run: input, output, steps, tasks, attempts
+                                            runs, newest first (by id for a prefix `q`), each
+                                            with the schedule that started it
+    GET  /api/runs/{run}                    a run: schedule, input, output, steps, tasks,
+                                            attempts
     GET  /api/runs/{run}/events             its live state (server-sent events)
     GET  /api/runs/{run}/steps/{step}/tasks?after=&status=&limit=
     GET  /api/runs/{run}/input | /output | /steps/{step}/output
@@ -48,11 +51,11 @@ from pgflow.client import AsyncClient, _Query
 from pgflow.dashboard import queries
 from pgflow.dashboard.layout import layout
 from pgflow.dashboard.live import Wakeup
-from pgflow.dashboard.queries import BadRequest, NotFound, RunFilter
+from pgflow.dashboard.queries import RunFilter
 from pgflow.dashboard.security import ASGIApp, Guard, Security
 from pgflow.db.connection import connection_defaults, describe_error
 from pgflow.db.dsn import redact
-from pgflow.errors import PgflowError, RunNotFound
+from pgflow.errors import DashboardBadRequest, DashboardNotFound, PgflowError, RunNotFound
 
 logger = logging.getLogger("pgflow.dashboard")
 
@@ -168,7 +171,7 @@ def create_app(config: DashboardConfig) -> ASGIApp:
         async with state().pool.connection() as conn:
             found = await queries.flows(conn, slug)
         if not found:
-            raise NotFound(f"flow {slug!r} does not exist")
+            raise DashboardNotFound(f"flow {slug!r} does not exist")
         definition = await state().client.flow(slug)
         steps = [dataclasses.asdict(s) for s in definition.steps]
         placed = layout([(s["step_slug"], s["dependencies"]) for s in steps])
@@ -230,7 +233,7 @@ def create_app(config: DashboardConfig) -> ASGIApp:
         s = state()
         async with s.pool.connection() as conn:
             if await queries.run_state(conn, run_id) is None:
-                raise NotFound(f"run {run_id} does not exist (or was pruned)")
+                raise DashboardNotFound(f"run {run_id} does not exist (or was pruned)")
 
         async def stream() -> AsyncIterator[bytes]:
             last = b""
@@ -284,20 +287,22 @@ def create_app(config: DashboardConfig) -> ASGIApp:
         body = await _body(request)
         flow_slug = body.get("flow")
         if not isinstance(flow_slug, str) or not flow_slug:
-            raise BadRequest('give the flow to start: {"flow": "<slug>", "input": "<JSON>"}')
+            raise DashboardBadRequest(
+                'give the flow to start: {"flow": "<slug>", "input": "<JSON>"}'
+            )
         text = body.get("input", "{}")
         if not isinstance(text, str):
-            raise BadRequest('"input" is the run input as JSON text, e.g. "{\\"n\\": 1}"')
+            raise DashboardBadRequest('"input" is the run input as JSON text, e.g. "{\\"n\\": 1}"')
         try:
             value = json.loads(text) if text.strip() else {}
         except json.JSONDecodeError as exc:
-            raise BadRequest(
+            raise DashboardBadRequest(
                 f"the input is not valid JSON ({exc.msg} at line {exc.lineno} column "
                 f'{exc.colno}); e.g. {{"url": "https://example.org"}}'
             ) from None
         run_id = body.get("run_id") or None
         if run_id is not None and not isinstance(run_id, str):
-            raise BadRequest('"run_id" is a UUID as text, or left out for a new one')
+            raise DashboardBadRequest('"run_id" is a UUID as text, or left out for a new one')
         started = await state().client.start(flow_slug, value, run_id)
         return _json({"run_id": started}, status=201)
 
@@ -336,8 +341,8 @@ def create_app(config: DashboardConfig) -> ASGIApp:
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
-            BadRequest: _error(400),
-            NotFound: _error(404),
+            DashboardBadRequest: _error(400),
+            DashboardNotFound: _error(404),
             RunNotFound: _error(404),
             psycopg.OperationalError: _database_error,
             PgflowError: _error(400),
@@ -354,16 +359,16 @@ def _int_param(text: str | None, name: str, default: int) -> int:
     try:
         return int(text)
     except ValueError:
-        raise BadRequest(f"{name} must be a whole number, got {text!r}") from None
+        raise DashboardBadRequest(f"{name} must be a whole number, got {text!r}") from None
 
 
 async def _body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body() or b"{}")
     except json.JSONDecodeError:
-        raise BadRequest("the request body is not JSON") from None
+        raise DashboardBadRequest("the request body is not JSON") from None
     if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
+        raise DashboardBadRequest("the request body must be a JSON object")
     return body
 
 

@@ -1,11 +1,12 @@
-"""What the dashboard reads, as SQL over one connection each: the flows with their run counts and
-queue depths, pages of runs, one run with its steps, tasks and attempts, a run's live state, and
-whole values that the pages show cut short.
+"""What the dashboard reads, as SQL over one connection each: the flows with their run counts,
+queue depths and schedules, pages of runs (with the schedule that started each), one run with
+its steps, tasks and attempts, a run's live state, and whole values that the pages show cut
+short.
 
 Each statement is served by an index at any number of runs (tests/integration/
 test_dashboard_plans.py checks the plans): lists of runs by `runs_*_idx` (keyset pagination:
 a page resumes after the last run of the previous one, by `(started_at, run_id)`), a run, its
-steps and tasks by their primary keys, a run id prefix by the primary key's range. Reading flow
+headers, steps and tasks by their primary keys, a run id prefix by the primary key's range. Reading flow
 definitions, workers, and the actions (start, cancel) go through `pgflow.client`, so those rules
 live in one place.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -26,8 +28,13 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
-from pgflow.client import _prefix_bounds
-from pgflow.errors import PgflowError, RunNotFound
+from pgflow.client import (
+    SCHEDULE_HEADER_COLUMNS,
+    _prefix_bounds,
+    _schedule_info,
+)
+from pgflow.context import parse_scheduled_at
+from pgflow.errors import DashboardBadRequest, DashboardNotFound, RunNotFound
 
 Conn = psycopg.AsyncConnection[dict[str, Any]]
 
@@ -38,14 +45,6 @@ RUN_STATUSES: Final = ("started", "completed", "failed", "cancelled")
 TASKS_PER_STEP: Final = 50
 """Tasks of one step a run page lists at first (a map step may have thousands)."""
 MAX_PAGE: Final = 200
-
-
-class BadRequest(PgflowError):
-    """A request the dashboard cannot answer as asked (HTTP 400), saying what to send instead."""
-
-
-class NotFound(PgflowError, LookupError):
-    """What was asked for does not exist (HTTP 404)."""
 
 
 def preview(expr: str, name: str) -> str:
@@ -84,13 +83,54 @@ order by f.flow_slug
 _QUEUES = "select queue_name, queue_length, oldest_msg_age_sec from pgmq.metrics_all()"
 
 
+# Each schedule with the status of its last run (None once that run is pruned). The input is
+# left out: a page lists schedules, and an input may be large.
+_SCHEDULES = """
+select s.flow_slug, s.schedule_name as name, s.cron, s.timezone, null::jsonb as input,
+  s.catch_up, s.origin, s.paused_at, s.removed_from_code_at, s.ticks_from, s.next_tick_at,
+  s.last_tick_at, s.last_run_id::text, s.created_at, s.updated_at,
+  (select r.status from pgflow.runs r where r.run_id = s.last_run_id) as last_run_status
+from pgflow.schedules s
+where %(flow)s::text is null or s.flow_slug = %(flow)s
+order by s.flow_slug, s.schedule_name
+"""
+
+
+async def schedules(conn: Conn, flow: str | None = None) -> dict[str, list[dict[str, Any]]] | None:
+    """The schedules of every flow (or of the one named), by flow slug; None when the
+    dashboard's role may not read `pgflow.schedules` (`pgflow_client` may)."""
+    try:
+        async with conn.transaction():  # a refusal must not break the connection's state
+            cursor = await conn.execute(_SCHEDULES, {"flow": flow})
+            rows = await cursor.fetchall()
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        last_run_status = row.pop("last_run_status")
+        # the client's reading: its state, and the next tick when no worker has computed it
+        schedule = _schedule_info(row)
+        state = schedule.state
+        info = dataclasses.asdict(schedule)
+        del info["input"]
+        if state != "active":
+            info["next_tick_at"] = None  # a paused or disabled schedule fires nothing
+        info["state"] = state
+        info["last_run_status"] = last_run_status
+        found.setdefault(info.pop("flow_slug"), []).append(info)
+    return found
+
+
 async def flows(conn: Conn, flow: str | None = None) -> list[dict[str, Any]]:
-    """Every flow (or the one named) with its options, runs per status and queue depth.
+    """Every flow (or the one named) with its options, runs per status, queue depth and
+    schedules.
 
     The queue depth is None when the dashboard's role may not read pgmq's queues (the roles
-    `pgflow_client` and `pgflow_worker` may not)."""
+    `pgflow_client` and `pgflow_worker` may not); the schedules are None when it may not read
+    `pgflow.schedules`."""
     cursor = await conn.execute(_FLOWS, {"statuses": list(RUN_STATUSES), "flow": flow})
     found = await cursor.fetchall()
+    by_flow = await schedules(conn, flow)
     queues: dict[str, dict[str, Any]] | None
     try:
         async with conn.transaction():  # a refusal must not break the connection's state
@@ -110,6 +150,7 @@ async def flows(conn: Conn, flow: str | None = None) -> list[dict[str, Any]]:
             }
         )
         row["queue_readable"] = queues is not None
+        row["schedules"] = None if by_flow is None else by_flow.get(row["flow_slug"], [])
     return found
 
 
@@ -118,7 +159,16 @@ async def flows(conn: Conn, flow: str | None = None) -> list[dict[str, Any]]:
 _RUN_LIST_COLUMNS = (
     "run_id::text, flow_slug, status, started_at, "
     "coalesce(completed_at, failed_at, cancelled_at) as finished_at, remaining_steps, "
-    "left(error_message, 300) as error_message"
+    "left(error_message, 300) as error_message, " + SCHEDULE_HEADER_COLUMNS
+)
+
+# A run's headers `h` (which schedule started it), looked up by primary key for each run a
+# statement returns. The LIMIT keeps the planner from flattening the subquery into a join, which
+# it could answer by hashing every run's headers: the cost of a page must not grow with the
+# number of runs a schedule started.
+_WITH_HEADERS = (
+    "pgflow.runs left join lateral (select h0.headers from pgflow.run_headers h0 "
+    "where h0.run_id = runs.run_id limit 1) h on true"
 )
 
 
@@ -141,7 +191,7 @@ def _decode_cursor(cursor: str, parts: int) -> list[str]:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         fields = []
     if len(fields) != parts:
-        raise BadRequest(
+        raise DashboardBadRequest(
             f"page cursor {cursor!r} is not one this dashboard made: follow the `next` link of "
             "the previous page, or leave `after` out for the first page"
         )
@@ -150,7 +200,9 @@ def _decode_cursor(cursor: str, parts: int) -> list[str]:
 
 def check_status(status: str | None) -> str | None:
     if status is not None and status not in RUN_STATUSES:
-        raise BadRequest(f"unknown run status {status!r}: use one of {', '.join(RUN_STATUSES)}")
+        raise DashboardBadRequest(
+            f"unknown run status {status!r}: use one of {', '.join(RUN_STATUSES)}"
+        )
     return status
 
 
@@ -158,7 +210,7 @@ async def runs_page(conn: Conn, where: RunFilter, after: str | None, limit: int)
     """One page of runs, newest first (by run id with a prefix), and the cursor of the next
     page (None on the last)."""
     if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+        raise DashboardBadRequest(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
     check_status(where.status)
     conditions: list[sql.Composable] = []
     params: list[Any] = []
@@ -172,7 +224,7 @@ async def runs_page(conn: Conn, where: RunFilter, after: str | None, limit: int)
         try:
             low, high = _prefix_bounds(where.prefix)
         except RunNotFound as exc:
-            raise BadRequest(str(exc)) from None
+            raise DashboardBadRequest(str(exc)) from None
         conditions.append(sql.SQL("run_id between %s::uuid and %s::uuid"))
         params += [low, high]
         if after is not None:
@@ -186,8 +238,9 @@ async def runs_page(conn: Conn, where: RunFilter, after: str | None, limit: int)
             params += [_timestamp(started_at), _uuid(run_id)]
         # runs.run_id: the column (the bare name would be the select list's run_id::text)
         order = sql.SQL("started_at desc, runs.run_id desc")
-    query = sql.SQL("select {} from pgflow.runs {} order by {} limit %s").format(
+    query = sql.SQL("select {} from {} {} order by {} limit %s").format(
         sql.SQL(_RUN_LIST_COLUMNS),
+        sql.SQL(_WITH_HEADERS),
         sql.SQL("where ") + sql.SQL(" and ").join(conditions) if conditions else sql.SQL(""),
         order,
     )
@@ -195,6 +248,8 @@ async def runs_page(conn: Conn, where: RunFilter, after: str | None, limit: int)
     rows = await cursor.fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
+    for row in rows:
+        row["scheduled_at"] = parse_scheduled_at(row["scheduled_at"])
     next_cursor = None
     if more:
         last = rows[-1]
@@ -210,14 +265,14 @@ def _uuid(text: str) -> str:
     try:
         return str(UUID(text))
     except ValueError:
-        raise BadRequest(f"{text!r} is not a run id (a UUID)") from None
+        raise DashboardBadRequest(f"{text!r} is not a run id (a UUID)") from None
 
 
 def _timestamp(text: str) -> datetime:
     try:
         return datetime.fromisoformat(text)
     except ValueError:
-        raise BadRequest(f"page cursor holds {text!r}, which is not a time") from None
+        raise DashboardBadRequest(f"page cursor holds {text!r}, which is not a time") from None
 
 
 def run_uuid(run_id: str) -> str:
@@ -225,7 +280,7 @@ def run_uuid(run_id: str) -> str:
     try:
         return str(UUID(run_id))
     except ValueError:
-        raise NotFound(f"{run_id!r} is not a run id: run ids are UUIDs") from None
+        raise DashboardNotFound(f"{run_id!r} is not a run id: run ids are UUIDs") from None
 
 
 # -- one run -------------------------------------------------------------------------------------
@@ -233,8 +288,8 @@ def run_uuid(run_id: str) -> str:
 _RUN = f"""
 select run_id::text, flow_slug, status, {preview("input", "input")},
   {preview("output", "output")}, error_message, remaining_steps, started_at, completed_at,
-  failed_at, cancelled_at, now() as now
-from pgflow.runs where run_id = %(run_id)s
+  failed_at, cancelled_at, {SCHEDULE_HEADER_COLUMNS}, now() as now
+from {_WITH_HEADERS} where run_id = %(run_id)s
 """
 
 _STEPS = f"""
@@ -304,9 +359,10 @@ async def run_detail(conn: Conn, run_id: str) -> dict[str, Any]:
     cursor = await conn.execute(_RUN, params)
     run = await cursor.fetchone()
     if run is None:
-        raise NotFound(f"run {run_id} does not exist (or was pruned)")
+        raise DashboardNotFound(f"run {run_id} does not exist (or was pruned)")
     run["input"] = value_of(run, "input")
     run["output"] = value_of(run, "output")
+    run["scheduled_at"] = parse_scheduled_at(run["scheduled_at"])
     cursor = await conn.execute(_STEPS, params)
     steps = await cursor.fetchall()
     cursor = await conn.execute(_RUN_TASKS, params)
@@ -333,7 +389,7 @@ async def step_tasks(
 ) -> dict[str, Any]:
     """One step's tasks after index `after`, optionally only those in `status`."""
     if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+        raise DashboardBadRequest(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
     uuid = run_uuid(run_id)
     params = {
         "run_id": uuid,
@@ -433,7 +489,7 @@ async def value(
     task_index: int | None = None,
     attempt: int | None = None,
 ) -> str | None:
-    """A whole value as text (JSON, or a traceback's text); None for a null value; `NotFound`
+    """A whole value as text (JSON, or a traceback's text); None for a null value; `DashboardNotFound`
     when the run, step, task or attempt does not exist."""
     uuid = run_uuid(run_id)
     params = {
@@ -445,7 +501,7 @@ async def value(
     cursor = await conn.execute(_VALUES[kind], params)
     row = await cursor.fetchone()
     if row is None:
-        raise NotFound(
+        raise DashboardNotFound(
             f"no {kind.replace('_', ' ')} there: the run, step, task or attempt does not exist"
         )
     text: str | None = row["value"]

@@ -51,6 +51,15 @@ export function when(iso) {
   return d.toLocaleString(undefined, { hour12: false });
 }
 
+// which schedule started a run (a link to its flow's schedules) and its tick; nothing otherwise
+export function scheduleOf(run) {
+  if (!run.schedule) return null;
+  return [
+    h("a", { href: `#/flows/${encodeURIComponent(run.flow_slug)}`, title: `schedule ${run.schedule} of flow ${run.flow_slug}` }, run.schedule),
+    run.scheduled_at ? h("span", { class: "muted", title: `tick ${run.scheduled_at}` }, ` @ ${when(run.scheduled_at)}`) : null,
+  ];
+}
+
 export function duration(start, end) {
   if (!start) return "–";
   const ms = (end ? new Date(end) : new Date()) - new Date(start);

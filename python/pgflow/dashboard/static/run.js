@@ -4,7 +4,7 @@
 
 import { get, getSession, post } from "./api.js";
 import { drawDag, updateDag } from "./dag.js";
-import { badge, duration, h, toast, when } from "./dom.js";
+import { badge, duration, h, scheduleOf, toast, when } from "./dom.js";
 import { valueView } from "./value.js";
 
 const FINAL = new Set(["completed", "failed", "cancelled"]);
@@ -83,6 +83,7 @@ function header(run, session, base, liveNote) {
     h("h1", {}, "Run ", h("span", { class: "mono" }, run.run_id), " ", badge(run.status), " ", ...actions),
     h("dl", { class: "kv" },
       h("dt", {}, "flow"), h("dd", {}, h("a", { href: `#/flows/${encodeURIComponent(run.flow_slug)}` }, run.flow_slug)),
+      run.schedule ? [h("dt", {}, "schedule"), h("dd", { id: "run-schedule" }, scheduleOf(run))] : null,
       h("dt", {}, "started"), h("dd", {}, when(run.started_at)),
       h("dt", {}, "duration"), h("dd", {}, finished ? duration(run.started_at, finished) : `running for ${duration(run.started_at, run.now)}`),
       h("dt", {}, "steps left"), h("dd", {}, String(run.remaining_steps)),

@@ -1,9 +1,9 @@
 // The runs page: newest first, filtered by flow and status, searched by run id prefix, a page
-// at a time (keyset: "next" resumes after the last run shown); and, with actions on, a form
-// that starts a run.
+// at a time (keyset: "next" resumes after the last run shown), each with the schedule that
+// started it, if one did; and, with actions on, a form that starts a run.
 
 import { get, getSession, post } from "./api.js";
-import { badge, duration, h, toast, when } from "./dom.js";
+import { badge, duration, h, scheduleOf, toast, when } from "./dom.js";
 
 export async function runsPage(main, params) {
   const [session, { flows }] = await Promise.all([getSession(), get("/api/flows")]);
@@ -28,7 +28,7 @@ export async function runsPage(main, params) {
   async function load(index) {
     const page = await get("/api/runs", { ...state, after: cursors[index], limit: 50 });
     body.replaceChildren(...page.runs.map(row));
-    if (!page.runs.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "no runs")));
+    if (!page.runs.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "no runs")));
     cursors.length = index + 1;
     if (page.next) cursors.push(page.next);
     prev.disabled = index === 0;
@@ -54,7 +54,7 @@ export async function runsPage(main, params) {
     h("div", { class: "filters" }, flowSelect, statusSelect, search,
       h("button", { onclick: apply }, "search"), info),
     h("table", { id: "runs" },
-      h("thead", {}, h("tr", {}, ["run", "flow", "status", "started", "duration", "error"].map((t) => h("th", {}, t)))),
+      h("thead", {}, h("tr", {}, ["run", "flow", "status", "started", "duration", "schedule", "error"].map((t) => h("th", {}, t)))),
       body),
     h("div", { class: "pager" }, prev, next),
   );
@@ -68,6 +68,7 @@ function row(run) {
     h("td", {}, badge(run.status)),
     h("td", {}, when(run.started_at)),
     h("td", { class: "num" }, run.status === "started" ? "running" : duration(run.started_at, run.finished_at)),
+    h("td", { class: "schedule" }, scheduleOf(run)),
     h("td", { class: "error" }, run.error_message || ""),
   );
 }
