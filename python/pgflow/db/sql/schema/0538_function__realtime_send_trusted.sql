@@ -7,8 +7,9 @@
 -- owner; and since only a trusted role can drop or replace a function in a trusted schema, the
 -- function checked is the one called.
 --
--- One catalog query, and none when schema realtime does not exist (the common case outside
--- Supabase): pgflow._events_enabled calls this on the reporting path.
+-- One catalog query (an index lookup on pg_proc by name and argument types: half the cost of
+-- parsing a signature with to_regprocedure), and none when schema realtime does not exist (the
+-- common case outside Supabase): _emit calls this for every event.
 create or replace function pgflow._realtime_send_trusted()
 returns boolean
 language plpgsql
@@ -22,7 +23,9 @@ begin
   return exists (
     select from pg_proc p
     join pg_namespace n on n.oid = p.pronamespace
-    where p.oid = to_regprocedure('realtime.send(jsonb,text,text,boolean)')
+    where n.nspname = 'realtime' and p.proname = 'send'
+      -- (jsonb, text, text, boolean): the OIDs of built-in types never change
+      and p.proargtypes = '3802 25 25 16'::oidvector
       and pg_has_role(p.proowner, current_user, 'USAGE')
       and pg_has_role(n.nspowner, current_user, 'USAGE'));
 end;

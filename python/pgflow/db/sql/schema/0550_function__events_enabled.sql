@@ -8,6 +8,13 @@ stable
 set search_path = pg_catalog, pg_temp
 as $$
 begin
-  return pgflow._events_on() or pgflow._realtime_send_trusted();
+  if pgflow._events_on() then
+    return true;
+  end if;
+  -- no further call when schema realtime does not exist, as in pgflow._emit
+  if to_regnamespace('realtime') is null then
+    return false;
+  end if;
+  return pgflow._realtime_send_trusted();
 end;
 $$;
