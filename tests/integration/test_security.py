@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import psycopg
 import psycopg.conninfo
 import pytest
-from contract_helpers import Conn, one, rows, scalar
+from contract_helpers import Conn, install_fake_realtime, one, rows, scalar, sent_events
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -36,8 +36,9 @@ begin
 end $$;
 """
 
-# Relations a function of ours used to keep in the session's temp schema, and every table and
-# queue name a function might look up without its schema.
+# Relations a function of ours used to keep in the session's temp schema, and table and queue
+# names a function might look up without its schema. `_arm_temp_tables` adds every relation of
+# schemas pgflow and pgmq as the catalog lists them, so a table added later is shadowed too.
 SHADOW_TABLES = (
     "pgflow_claim",
     "pgflow_report",
@@ -54,7 +55,58 @@ SHADOW_TABLES = (
     "q_sec_flow",
     "a_sec_flow",
 )
-SHADOW_TYPES = ("text", "jsonb", "uuid", "timestamptz", "numeric", "interval", "name", "regclass")
+# Built-in types a function body might name; `_arm_shadow_types` adds every built-in type the
+# catalog shows in a column of pgflow or pgmq or in a signature of pgflow's functions.
+SHADOW_TYPES = (
+    "text",
+    "jsonb",
+    "uuid",
+    "timestamptz",
+    "numeric",
+    "interval",
+    "name",
+    "regclass",
+    "int2",
+    "int4",
+    "int8",
+    "bool",
+    "float8",
+    "oid",
+    "regprocedure",
+    "regnamespace",
+    "regrole",
+    "bytea",
+    "varchar",
+)
+
+# Run in the attacker's session, after its own domains may exist: every type is qualified.
+CATALOG_RELATIONS = """
+select distinct c.relname::pg_catalog.text as name from pg_catalog.pg_class c
+  join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+ where n.nspname operator(pg_catalog.=) any (array['pgflow', 'pgmq']::pg_catalog.name[])
+   and c.relkind operator(pg_catalog.=) any (array['r', 'p', 'v', 'm', 'S']::pg_catalog."char"[])
+"""
+CATALOG_TYPES = """
+with used (type_oid) as (
+  select a.atttypid from pg_catalog.pg_attribute a
+    join pg_catalog.pg_class c on c.oid = a.attrelid
+    join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+   where n.nspname operator(pg_catalog.=) any (array['pgflow', 'pgmq']::pg_catalog.name[])
+     and a.attnum operator(pg_catalog.>) 0
+  union
+  select pg_catalog.unnest(pg_catalog.array_append(
+           coalesce(p.proallargtypes, p.proargtypes::pg_catalog.oid[]), p.prorettype))
+    from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+   where n.nspname operator(pg_catalog.=) 'pgflow'
+), base (type_oid) as (
+  select case when t.typcategory operator(pg_catalog.=) 'A' then t.typelem else t.oid end
+    from used join pg_catalog.pg_type t on t.oid operator(pg_catalog.=) used.type_oid
+)
+select distinct t.typname::pg_catalog.text as name from base
+  join pg_catalog.pg_type t on t.oid operator(pg_catalog.=) base.type_oid
+ where t.typnamespace operator(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace
+   and t.typtype operator(pg_catalog.=) 'b' and t.typcategory operator(pg_catalog.<>) 'A'
+"""
 
 
 def _login_dsn(conn: Conn, db_dsn: str, login: str, role: str) -> str:
@@ -110,7 +162,8 @@ def _arm_temp_tables(attacker: Conn) -> None:
     """Temp tables with the names our functions might use, each with a trigger that fires on
     any write (statement-level triggers fire even when no row is touched)."""
     attacker.execute(TRAP_FUNCTIONS)
-    for name in SHADOW_TABLES:
+    names = set(SHADOW_TABLES) | {r["name"] for r in rows(attacker, CATALOG_RELATIONS)}
+    for name in sorted(names):
         table = sql.Identifier(name)
         attacker.execute(
             sql.SQL(
@@ -133,7 +186,8 @@ def _arm_shadow_types(attacker: Conn) -> None:
     """Domains in pg_temp named like the built-in types our functions use, whose CHECK runs the
     attacker's function (an empty search_path would still resolve them first)."""
     attacker.execute(TRAP_FUNCTIONS)
-    for name in SHADOW_TYPES:
+    names = set(SHADOW_TYPES) | {r["name"] for r in rows(attacker, CATALOG_TYPES)}
+    for name in sorted(names):
         attacker.execute(
             sql.SQL(
                 "create domain pg_temp.{} as pg_catalog.{} check (pg_temp.trap_check(value::pg_catalog.text))"
@@ -271,6 +325,142 @@ def test_every_security_definer_function_pins_search_path_with_pg_temp_last(conn
         != ["search_path=pg_catalog, pg_temp"]
     ]
     assert not wrong, f"definer functions without search_path = pg_catalog, pg_temp: {wrong}"
+
+
+# -- realtime.send: a function of that name is called only when a trusted role owns it -----------
+
+# What a login with CREATE on the database can plant: if pgflow called it from a definer
+# function, it would run as the owner (a superuser here) and could make the login superuser.
+PLANTED_SEND = """
+create function realtime.send(payload jsonb, event text, topic text, private boolean)
+returns void language plpgsql as $$
+begin
+  raise exception 'HIJACKED: realtime.send ran as % for %', current_user, session_user;
+end $$;
+"""
+
+
+def _plant_realtime_send(attacker: Conn) -> None:
+    attacker.execute(PLANTED_SEND)
+    # armed: it runs when the attacker calls it
+    with pytest.raises(psycopg.errors.RaiseException, match="HIJACKED"):
+        attacker.execute("select realtime.send('{}', 'e', 't', false)")
+
+
+def _grant_create_on_database(conn: Conn, login: str) -> None:
+    conn.execute(
+        sql.SQL("grant create on database {} to {}").format(
+            sql.Identifier(conn.info.dbname), sql.Identifier(login)
+        )
+    )
+
+
+def _realtime_send_trusted(conn: Conn) -> bool:
+    return bool(scalar(conn, "select pgflow._realtime_send_trusted()"))
+
+
+def test_worker_realtime_send_in_its_own_schema_is_not_run_by_starts_or_reports(
+    conn: Conn, worker_dsn: str, sec_flow: str
+) -> None:
+    _grant_create_on_database(conn, WORKER_LOGIN)
+    conn.execute(
+        sql.SQL("alter database {} set pgflow.events = 'on'").format(
+            sql.Identifier(conn.info.dbname)
+        )
+    )
+    with _connect(worker_dsn) as attacker:
+        attacker.execute("create schema realtime")
+        _plant_realtime_send(attacker)
+        _assert_completed(conn, _run_sec_flow_as_worker(attacker, sec_flow))
+        _assert_completed(conn, _run_per_task_as_worker(attacker, sec_flow))
+    assert not _is_superuser(conn, WORKER_LOGIN)
+    assert not _realtime_send_trusted(conn)
+    # our own events were still kept: only the call to the planted function was left out
+    assert (
+        scalar(conn, "select count(*) from pgflow.events where event_type = 'run:completed'") == 2
+    )
+
+
+def test_client_realtime_send_in_its_own_schema_is_not_run_by_client_calls(
+    conn: Conn, client_dsn: str, sec_flow: str
+) -> None:
+    _grant_create_on_database(conn, CLIENT_LOGIN)
+    with _connect(client_dsn) as attacker:
+        attacker.execute("create schema realtime")
+        _plant_realtime_send(attacker)
+        run_id = scalar(attacker, "select run_id from pgflow.start_flow(%s, '[1]')", (sec_flow,))
+        states = scalar(attacker, "select pgflow.start_flow_with_states(%s, '[2]')", (sec_flow,))
+        headed = one(
+            attacker,
+            "select run_id from pgflow.start_flow_with_headers(%s, '[3]', '{\"h\": \"v\"}')",
+            (sec_flow,),
+        )
+        for run in (run_id, states["run"]["run_id"], headed["run_id"]):
+            assert one(attacker, "select status from pgflow.cancel_run(%s)", (run,))["status"] == (
+                "cancelled"
+            )
+    assert not _is_superuser(conn, CLIENT_LOGIN)
+    assert not _realtime_send_trusted(conn)
+
+
+def test_realtime_send_a_login_adds_to_a_trusted_schema_is_not_run(
+    conn: Conn, client_dsn: str, sec_flow: str
+) -> None:
+    """A managed setup's schema realtime, owned by the superuser, where a login may create."""
+    conn.execute("create schema realtime")
+    conn.execute(
+        sql.SQL("grant usage, create on schema realtime to {}").format(sql.Identifier(CLIENT_LOGIN))
+    )
+    with _connect(client_dsn) as attacker:
+        _plant_realtime_send(attacker)
+        run_id = scalar(attacker, "select run_id from pgflow.start_flow(%s, '[1]')", (sec_flow,))
+    assert scalar(conn, "select status from pgflow.runs where run_id = %s", (run_id,)) == "started"
+    assert not _is_superuser(conn, CLIENT_LOGIN)
+    assert not _realtime_send_trusted(conn)
+
+
+def test_realtime_send_in_a_schema_a_login_owns_is_not_trusted(conn: Conn, client_dsn: str) -> None:
+    """The schema's owner could drop and replace the function between the check and the call,
+    so a superuser's function in a login's schema is not called either."""
+    conn.execute(
+        sql.SQL("create schema realtime authorization {}").format(sql.Identifier(CLIENT_LOGIN))
+    )
+    superusers_send = (
+        "create function realtime.send(payload jsonb, event text, topic text, private boolean)"
+        " returns void language sql as 'select'"
+    )
+    conn.execute(superusers_send)
+    assert scalar(
+        conn,
+        "select pg_get_userbyid(proowner) from pg_proc"
+        " where oid = 'realtime.send(jsonb,text,text,boolean)'::regprocedure",
+    ) == (conn.info.user)
+    assert not _realtime_send_trusted(conn)
+    conn.execute(
+        sql.SQL("alter schema realtime owner to {}").format(sql.Identifier(conn.info.user))
+    )
+    assert _realtime_send_trusted(conn)
+
+
+@pytest.mark.parametrize("login_dsn", ["worker_dsn", "client_dsn"])
+def test_realtime_send_owned_by_a_superuser_still_gets_the_events(
+    conn: Conn, sec_flow: str, login_dsn: str, request: pytest.FixtureRequest
+) -> None:
+    """Supabase: realtime.send and its schema belong to supabase_admin, a superuser."""
+    dsn = request.getfixturevalue(login_dsn)
+    install_fake_realtime(conn)
+    assert _realtime_send_trusted(conn)
+    with _connect(dsn) as login:
+        if login_dsn == "worker_dsn":
+            run_id = _run_sec_flow_as_worker(login, sec_flow)
+            _assert_completed(conn, run_id)
+        else:
+            run_id = scalar(login, "select run_id from pgflow.start_flow(%s, '[1]')", (sec_flow,))
+    events = [e["event"] for e in sent_events(conn, run_id)]
+    assert events[0] == "run:started"
+    if login_dsn == "worker_dsn":
+        assert "step:fan:completed" in events
+        assert events[-1] == "run:completed"
 
 
 # -- 3: destroying data takes the owner ----------------------------------------------------------

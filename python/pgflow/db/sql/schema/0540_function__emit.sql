@@ -1,7 +1,8 @@
--- Sends one event. With Supabase's realtime.send present, every event also goes there, so
--- clients of the contract see runs that our workers execute, with the payload as given. When
--- our events are on (pgflow._events_on), the event is also kept in pgflow.events, with the
--- run's flow_slug, for the workers' event relay.
+-- Sends one event. With Supabase's realtime.send present (and owned by a role trusted to run as
+-- pgflow's owner: pgflow._realtime_send_trusted), every event also goes there, so clients of the
+-- contract see runs that our workers execute, with the payload as given. When our events are on
+-- (pgflow._events_on), the event is also kept in pgflow.events, with the run's flow_slug, for
+-- the workers' event relay.
 create or replace function pgflow._emit(p_run_id uuid, p_event_name text, p_payload jsonb)
 returns void
 language plpgsql
@@ -11,8 +12,11 @@ as $$
 declare
   v_flow text;
 begin
-  if to_regprocedure('realtime.send(jsonb,text,text,boolean)') is not null then
-    perform realtime.send(p_payload, p_event_name, 'pgflow:run:' || p_run_id::text, false);
+  -- nested rather than `and`: no function call at all when schema realtime does not exist
+  if to_regnamespace('realtime') is not null then
+    if pgflow._realtime_send_trusted() then
+      perform realtime.send(p_payload, p_event_name, 'pgflow:run:' || p_run_id::text, false);
+    end if;
   end if;
   if pgflow._events_on() then
     v_flow := p_payload ->> 'flow_slug';
