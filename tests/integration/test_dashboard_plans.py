@@ -44,6 +44,8 @@ class Explaining:
 
     async def execute(self, query: Any, params: Any = None) -> Any:
         text = query if isinstance(query, str) else query.as_string(self.conn)
+        if text.startswith("set "):  # a setting (one answer's snapshot), no plan to read
+            return await self.conn.execute(query, params)
         explained = sql.SQL("explain (format json) ") + sql.SQL(text)  # type: ignore[arg-type]
         cursor = await self.conn.execute(explained, params)
         row = await cursor.fetchone()

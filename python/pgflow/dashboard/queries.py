@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -351,9 +353,23 @@ order by a.step_slug, a.task_index, a.attempt
 """
 
 
+@contextlib.asynccontextmanager
+async def one_snapshot(conn: Conn) -> AsyncIterator[None]:
+    """The statements of one answer read one snapshot of the database: a run moving between
+    them would otherwise show a task still started beside its completed attempt."""
+    async with conn.transaction():
+        await conn.execute("set transaction isolation level repeatable read, read only")
+        yield
+
+
 async def run_detail(conn: Conn, run_id: str) -> dict[str, Any]:
     """The run with its input and output, its steps and the first `TASKS_PER_STEP` tasks of
-    each, with their attempts."""
+    each, with their attempts, as of one moment."""
+    async with one_snapshot(conn):
+        return await _run_detail(conn, run_id)
+
+
+async def _run_detail(conn: Conn, run_id: str) -> dict[str, Any]:
     uuid = run_uuid(run_id)
     params = {"run_id": uuid, "limit": TASKS_PER_STEP}
     cursor = await conn.execute(_RUN, params)
@@ -398,10 +414,11 @@ async def step_tasks(
         "status": status,
         "limit": limit + 1,
     }
-    cursor = await conn.execute(_STEP_TASKS, params)
-    rows = await cursor.fetchall()
-    more = len(rows) > limit
-    tasks = await _with_attempts(conn, uuid, rows[:limit])
+    async with one_snapshot(conn):
+        cursor = await conn.execute(_STEP_TASKS, params)
+        rows = await cursor.fetchall()
+        more = len(rows) > limit
+        tasks = await _with_attempts(conn, uuid, rows[:limit])
     for task in tasks:
         task.pop("step_slug")
     return {"tasks": tasks, "next": tasks[-1]["task_index"] if more else None}

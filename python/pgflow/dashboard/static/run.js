@@ -157,7 +157,8 @@ function appendTask(body, task, st, stepBase, run, opened) {
     h("td", { class: "mono" }, task.worker || (task.worker_id ? task.worker_id.slice(0, 8) : "–")),
     h("td", {}, detail),
   ));
-  if (!task.attempts.length) return;
+  // one completed attempt says no more than the task's row
+  if (!task.attempts.length || (task.attempts.length === 1 && task.attempts[0].outcome === "completed")) return;
   const rows = task.attempts.map((a) => h("tr", { class: "attempt", dataset: { attempt: a.attempt, outcome: a.outcome } },
     h("td", { class: "num" }, `#${a.attempt}`),
     h("td", {}, badge(a.outcome)),
