@@ -250,8 +250,8 @@ class Worker:
         self._conn = self._connect_with_backoff()
         check_schema(self._conn, redact(self.dsn))
         self._compile_flows()
-        self._sync_schedules()
         self._register()
+        self._sync_schedules()
         self._executor = create_executor(
             self.options.executor,
             concurrency=self.options.concurrency,
