@@ -317,6 +317,30 @@ def test_workers_fire_a_schedule_once_per_tick_and_the_tick_reaches_the_run(
     assert run.input == {"n": 1}
 
 
+def test_a_worker_without_schedules_neither_reconciles_nor_fires(conn: Conn, db_dsn: str) -> None:
+    running = RunningWorker(
+        Worker(
+            [ticking],
+            dsn=db_dsn,
+            install_signal_handlers=False,
+            poll_interval=0.2,
+            schedules=False,
+        )
+    )
+    running.start()
+    try:
+        with Client(db_dsn) as client:
+            # a run the worker completes: its loop has gone round, where a worker with
+            # schedules would have reconciled `every_second` at start and fired it at once
+            done = running.finish(client, client.start(ticking, {"n": 2}))
+        assert done.status == "completed"
+        assert running.worker.stats.ticks_fired == 0
+        assert conn.execute("select count(*) from pgflow.schedules").fetchone() == (0,)
+        assert _runs_per_tick(conn, "every_second") == Counter()
+    finally:
+        running.stop()
+
+
 def test_the_cli_manages_schedules_and_runs_list_shows_them(
     conn: Conn, db_dsn: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -50,6 +50,10 @@ _FLAG_HELP: dict[str, tuple[str, Any]] = {
         "the serializer for flows that name none (default: msgspec); see `pgflow plugins`",
         str,
     ),
+    "schedules": (
+        "neither reconcile the flows' schedules nor fire their ticks (other workers do)",
+        None,
+    ),
 }
 
 
@@ -63,7 +67,8 @@ def add_worker_options(
         help_text, kind = _FLAG_HELP[name]
         default = getattr(defaults, name)
         if kind is None:
-            parser.add_argument(flag, dest=name, action="store_true", help=help_text)
+            action = "store_false" if flag.startswith("--no-") else "store_true"
+            parser.add_argument(flag, dest=name, action=action, help=help_text)
         else:
             parser.add_argument(
                 flag, dest=name, type=kind, default=default, help=help_text.format(default)

@@ -25,6 +25,7 @@ import collections
 import contextlib
 import functools
 import logging
+import math
 import os
 import signal
 import socket
@@ -251,7 +252,8 @@ class Worker:
         check_schema(self._conn, redact(self.dsn))
         self._compile_flows()
         self._register()
-        self._sync_schedules()
+        if self.options.schedules:
+            self._sync_schedules()
         self._executor = create_executor(
             self.options.executor,
             concurrency=self.options.concurrency,
@@ -293,7 +295,8 @@ class Worker:
         assert self._executor is not None
         next_heartbeat = time.monotonic() + self.options.heartbeat_interval
         next_requeue = time.monotonic()
-        next_schedules = time.monotonic()
+        # never, for a worker told to leave schedules to the others
+        next_schedules = time.monotonic() if self.options.schedules else math.inf
         next_poll = 0.0
         more_work = True
         dry = False  # the last claim found nothing

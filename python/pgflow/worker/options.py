@@ -48,6 +48,9 @@ class WorkerOptions:
         max_output_bytes: the largest JSON output a task may store; a larger one fails the task
             (OutputTooLarge) instead of weighing on every dependent's input. At most 256 MiB,
             jsonb's own limit.
+        schedules: reconcile the flows' schedules declared in code when the worker starts, and
+            fire the due ticks of their schedules. False: this worker does neither (other
+            workers serving the flows do; `pgflow worker --no-schedules`).
     """
 
     executor: str = "thread"
@@ -64,6 +67,7 @@ class WorkerOptions:
     listen: bool = True
     max_output_bytes: int = 16 * 1024 * 1024
     serializer: str | None = None
+    schedules: bool = True
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -116,7 +120,8 @@ class WorkerOptions:
         return args
 
 
-#: The `pgflow worker` flag of each option it accepts (booleans are switches that turn them on).
+#: The `pgflow worker` flag of each option it accepts. Booleans are switches: a `--no-` flag turns
+#: its option off, any other turns it on.
 CLI_FLAGS: Final[dict[str, str]] = {
     "executor": "--executor",
     "concurrency": "--concurrency",
@@ -130,4 +135,5 @@ CLI_FLAGS: Final[dict[str, str]] = {
     "shutdown_grace": "--shutdown-grace",
     "max_output_bytes": "--max-output-bytes",
     "serializer": "--serializer",
+    "schedules": "--no-schedules",
 }
