@@ -25,6 +25,7 @@ import psycopg
 import psycopg.conninfo
 import pytest
 import uvicorn
+from worker_helpers import wait_until
 
 from pgflow.context import Context
 from pgflow.dashboard import DashboardConfig, create_app
@@ -66,15 +67,6 @@ broken = Flow("dash_broken", max_attempts=2, base_delay=0)
 @broken.step()
 def explode(value: Any, ctx: Context) -> None:
     raise ValueError(f"boom: {value}")
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        pause.wait(0.05)
 
 
 @contextlib.contextmanager

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -40,6 +38,7 @@ from test_security import (
     _run_sec_flow_as_worker,
     sec_flow,  # noqa: F401 (fixture)
 )
+from worker_helpers import wait_until
 
 GRANTED = """
 select p.oid::regprocedure::text as name
@@ -61,15 +60,6 @@ def _granted(conn: Conn, role: str) -> set[str]:
     return {r["name"] for r in rows(conn, GRANTED, (role,))}
 
 
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        pause.wait(0.05)
-
-
 @contextlib.contextmanager
 def _trapped_session(conn: Conn, dsn: str, login: str) -> Iterator[Conn]:
     """The login's session with every trap armed and its function calls counted. The counts
@@ -85,7 +75,7 @@ def _trapped_session(conn: Conn, dsn: str, login: str) -> Iterator[Conn]:
         _arm_shadow_types(attacker)
         _arm_temp_tables(attacker)
         yield attacker
-    _wait_until(
+    wait_until(
         lambda: scalar(conn, "select count(*) from pg_stat_activity where pid = %s", (pid,)) == 0,
         f"the session of {login} to end",
     )
@@ -102,7 +92,7 @@ def _assert_every_granted_function_was_called(conn: Conn, role: str) -> None:
     # PostgreSQL 15+ flushes a session's counts as it exits; before, a collector process
     # receives them a moment later
     with contextlib.suppress(AssertionError):
-        _wait_until(lambda: not missing(), f"the calls of {role}'s functions to be counted", 10)
+        wait_until(lambda: not missing(), f"the calls of {role}'s functions to be counted", 10)
     left = sorted(missing())
     assert not left, (
         f"functions granted to {role} that no test calls under the traps: {left}; call each "
